@@ -1,0 +1,1 @@
+"""Noise channels, node identities, mesh secrets, invite codes, at-rest encryption."""

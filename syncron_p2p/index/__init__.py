@@ -1,0 +1,1 @@
+"""A node's knowledge of its own folder: records, versions, merkle tree, ignore rules."""

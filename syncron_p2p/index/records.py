@@ -1,0 +1,110 @@
+"""The record of one path in a folder's index, and its canonical encoding.
+
+A record is what a node knows about one path: its kind, content and causal
+history. The *canonical encoding* (:func:`entry_digest`) is what the merkle
+tree hashes, so two nodes agree on a root exactly when they hold the same
+records. Local-only facts (the stat fingerprint, the local sequence number)
+are deliberately not part of it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import blake3
+import msgpack
+
+from syncron_p2p.index.versions import VersionVector
+
+HASH_SIZE = 32
+EMPTY_HASH = blake3.blake3(b"").digest()
+
+
+class EntryType(enum.IntEnum):
+    """What a path is. Values are part of the wire format and the digest."""
+
+    FILE = 0
+    DIRECTORY = 1
+    SYMLINK = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One content-defined block of a file: where it is and its blake3 hash."""
+
+    offset: int
+    size: int
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StatFingerprint:
+    """Local stat facts used only to skip rehashing an unchanged file."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    ctime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Everything a node knows about one path.
+
+    ``content_hash`` is blake3 of the bytes for files, of the UTF-8 link target
+    for symlinks, and :data:`EMPTY_HASH` for directories and tombstones.
+    ``origin`` is the actor that minted this content and ``origin_sum`` the
+    counter sum of the vector it was minted with: together with the content
+    hash they give every version an identity that merging vectors never
+    changes, which the conflict order relies on (see ``sync/conflicts.py``).
+    """
+
+    path: str
+    type: EntryType
+    size: int
+    mode: int
+    content_hash: bytes
+    version: VersionVector
+    deleted: bool = False
+    blocks: tuple[Block, ...] = ()
+    target: str = ""
+    origin: str = ""
+    origin_sum: int = 0
+    sequence: int = 0
+    fingerprint: StatFingerprint | None = field(default=None, compare=False)
+
+    def same_content(self, other: Record) -> bool:
+        """True when both records describe the same thing on disk."""
+        return (
+            self.type == other.type
+            and self.deleted == other.deleted
+            and self.content_hash == other.content_hash
+            and self.mode == other.mode
+            and self.target == other.target
+        )
+
+
+def canonical(record: Record) -> bytes:
+    """The canonical bytes of a record's synced state (msgpack, fixed layout)."""
+    packed: bytes = msgpack.packb(
+        [
+            record.path,
+            int(record.type),
+            record.size,
+            record.mode,
+            record.content_hash,
+            record.deleted,
+            record.target,
+            record.origin,
+            record.origin_sum,
+            record.version.encode(),
+        ],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def entry_digest(record: Record) -> bytes:
+    """blake3 of :func:`canonical`: the merkle leaf for this record."""
+    return blake3.blake3(b"syncron-entry-v1\x00" + canonical(record)).digest()

@@ -1,0 +1,1 @@
+"""The trio shell: sockets, disk, discovery and watcher bridges. It executes effects."""

@@ -1,0 +1,1 @@
+"""Wire messages, their codec, and the per-peer session machine (sans-IO)."""
