@@ -1,0 +1,696 @@
+"""The Noise Protocol Framework, revision 34, for ``25519_ChaChaPoly_BLAKE2b``.
+
+Pure code (no I/O, no clock): bytes in, bytes out, in the spec's own objects.
+
+* :class:`CipherState`, :class:`SymmetricState` and :class:`HandshakeState`
+  follow sections 5.1-5.3 of the spec word for word; DH is X25519
+  (``crypto_scalarmult``), the cipher ChaCha20-Poly1305 IETF with the nonce
+  ``4 zero bytes || n as 8 bytes little-endian``, the hash BLAKE2b-512 with
+  HMAC and HKDF exactly as section 4.3 defines them.
+* One generic engine runs every handshake pattern in :data:`PATTERNS` (the
+  one-way, the fundamental interactive and the deferred patterns of section
+  7), with any combination of ``pskN`` modifiers (``XXpsk0``, ``IKpsk2``,
+  ``XXpsk0+psk3``...). Patterns are data, written in the spec's notation.
+* :meth:`HandshakeState.split` gives a :class:`TransportState`: the pair of
+  CipherStates plus the handshake hash and the authenticated remote key.
+
+Errors. Everything a hostile or broken peer can cause (a bad tag, a short or
+over-long message, a low-order point, an exhausted nonce, using a state after
+it failed) raises :class:`NoiseError`, a :class:`~syncron_p2p.errors.CryptoError`
+whose message never says why. Local misuse (an unknown protocol name, a missing
+key) raises :class:`ValueError`. A handshake or transport state that raised
+:class:`NoiseError` is dead: every later call raises it again, and the owner
+must close the channel.
+
+Nonce policy. A CipherState refuses to encrypt or decrypt once ``n`` reaches
+``2**64 - 1`` (the spec's reserved value): it raises :class:`NoiseError` and the
+channel is closed. At any realistic rate this never happens (2**64 messages);
+we close rather than rekey implicitly because an implicit rekey needs both
+sides to agree on when, and a forced close is simple and safe. Explicit
+:meth:`CipherState.rekey` is available for protocols that want it.
+
+Randomness. Static keys are passed in; ephemeral keys come from an injectable
+``ephemeral_factory`` (tests pass fixed keys to replay the public vectors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from nacl.bindings import (
+    crypto_aead_chacha20poly1305_ietf_decrypt,
+    crypto_aead_chacha20poly1305_ietf_encrypt,
+    crypto_scalarmult,
+    crypto_scalarmult_base,
+)
+from nacl.exceptions import CryptoError as _NaclCryptoError
+from nacl.exceptions import RuntimeError as _NaclRuntimeError
+
+from syncron_p2p.errors import CryptoError
+
+DHLEN = 32
+HASHLEN = 64
+KEYLEN = 32
+TAGLEN = 16
+MAX_MESSAGE = 65535
+MAX_PLAINTEXT = MAX_MESSAGE - TAGLEN
+MAX_NONCE = 2**64 - 1
+SUITE = "25519_ChaChaPoly_BLAKE2b"
+_ZEROS32 = bytes(32)
+_NONCE = struct.Struct("<4xQ")
+
+
+class NoiseError(CryptoError):
+    """A Noise handshake or transport message was rejected.
+
+    The only error hostile input can cause in this module. Its text is always
+    the same, so neither a log line nor a reply can leak which check failed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("secure channel failure")
+
+
+# ---------------------------------------------------------------- primitives
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """An X25519 key pair. ``private`` is a raw 32-byte scalar (clamped by X25519)."""
+
+    private: bytes
+    public: bytes
+
+    def __repr__(self) -> str:
+        return f"KeyPair(public={self.public.hex()})"
+
+
+def keypair_from_private(private: bytes) -> KeyPair:
+    """The key pair of a 32-byte private scalar."""
+    if len(private) != DHLEN:
+        raise ValueError("an X25519 private key is 32 bytes")
+    return KeyPair(bytes(private), crypto_scalarmult_base(bytes(private)))
+
+
+def generate_keypair(random: Callable[[int], bytes] = os.urandom) -> KeyPair:
+    """A fresh key pair from ``random`` (``os.urandom`` unless injected)."""
+    return keypair_from_private(random(DHLEN))
+
+
+def dh(private: bytes, public: bytes) -> bytes:
+    """X25519. Raises :class:`NoiseError` for a malformed or low-order ``public``.
+
+    libsodium already refuses small-order points and an all-zero result; we
+    check the result again here so the guarantee does not depend on the
+    libsodium build (the spec allows either behaviour; we always reject).
+    """
+    if len(public) != DHLEN or len(private) != DHLEN:
+        raise NoiseError
+    try:
+        shared: bytes = crypto_scalarmult(private, public)
+    except (_NaclRuntimeError, _NaclCryptoError):
+        raise NoiseError from None
+    if hmac.compare_digest(shared, _ZEROS32):
+        raise NoiseError
+    return shared
+
+
+def _hash(data: bytes) -> bytes:
+    return hashlib.blake2b(data).digest()
+
+
+def _hmac_hash(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.blake2b).digest()
+
+
+def hkdf(chaining_key: bytes, input_key_material: bytes, num_outputs: int) -> list[bytes]:
+    """HKDF as in section 4.3: two or three HASHLEN outputs."""
+    temp_key = _hmac_hash(chaining_key, input_key_material)
+    out1 = _hmac_hash(temp_key, b"\x01")
+    out2 = _hmac_hash(temp_key, out1 + b"\x02")
+    if num_outputs == 2:
+        return [out1, out2]
+    return [out1, out2, _hmac_hash(temp_key, out2 + b"\x03")]
+
+
+# -------------------------------------------------------------- CipherState
+
+
+class CipherState:
+    """Section 5.1: a key ``k`` (or none) and a 64-bit nonce ``n``."""
+
+    __slots__ = ("_dead", "k", "n")
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self.k: bytes | None = None
+        self.n = 0
+        self._dead = False
+        if key is not None:
+            self.initialize_key(key)
+
+    def initialize_key(self, key: bytes | None) -> None:
+        """Set ``k`` (``None`` empties it) and reset ``n`` to zero."""
+        if key is not None and len(key) != KEYLEN:
+            raise ValueError("a cipher key is 32 bytes")
+        self.k = None if key is None else bytes(key)
+        self.n = 0
+
+    def has_key(self) -> bool:
+        return self.k is not None
+
+    def set_nonce(self, nonce: int) -> None:
+        if not 0 <= nonce <= MAX_NONCE:
+            raise ValueError("nonce out of range")
+        self.n = nonce
+
+    def _next_nonce(self) -> bytes:
+        if self._dead or self.n >= MAX_NONCE:
+            self._dead = True
+            raise NoiseError
+        return _NONCE.pack(self.n)
+
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+        """ENCRYPT(k, n++, ad, plaintext), or ``plaintext`` itself when ``k`` is empty."""
+        k = self.k
+        if k is None:
+            return bytes(plaintext)
+        nonce = self._next_nonce()
+        out: bytes = crypto_aead_chacha20poly1305_ietf_encrypt(
+            bytes(plaintext), bytes(ad) or None, nonce, k
+        )
+        self.n += 1
+        return out
+
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+        """DECRYPT(k, n++, ad, ciphertext); on failure ``n`` is left unchanged."""
+        k = self.k
+        if k is None:
+            return bytes(ciphertext)
+        nonce = self._next_nonce()
+        if len(ciphertext) < TAGLEN:
+            raise NoiseError
+        try:
+            out: bytes = crypto_aead_chacha20poly1305_ietf_decrypt(
+                bytes(ciphertext), bytes(ad) or None, nonce, k
+            )
+        except _NaclCryptoError:
+            raise NoiseError from None
+        self.n += 1
+        return out
+
+    def rekey(self) -> None:
+        """Section 4.2 REKEY: ``k = ENCRYPT(k, maxnonce, zerolen, zeros)[:32]``; ``n`` kept."""
+        if self.k is None:
+            raise ValueError("cannot rekey an empty CipherState")
+        nonce = _NONCE.pack(MAX_NONCE)
+        self.k = crypto_aead_chacha20poly1305_ietf_encrypt(_ZEROS32, None, nonce, self.k)[:KEYLEN]
+
+
+# ----------------------------------------------------------- SymmetricState
+
+
+class SymmetricState:
+    """Section 5.2: chaining key ``ck``, handshake hash ``h`` and a CipherState."""
+
+    __slots__ = ("cipher", "ck", "h")
+
+    def __init__(self, protocol_name: bytes) -> None:
+        if len(protocol_name) <= HASHLEN:
+            self.h = protocol_name.ljust(HASHLEN, b"\x00")
+        else:
+            self.h = _hash(protocol_name)
+        self.ck = self.h
+        self.cipher = CipherState()
+
+    def mix_key(self, input_key_material: bytes) -> None:
+        self.ck, temp_k = hkdf(self.ck, input_key_material, 2)
+        self.cipher.initialize_key(temp_k[:KEYLEN])
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = _hash(self.h + data)
+
+    def mix_key_and_hash(self, input_key_material: bytes) -> None:
+        self.ck, temp_h, temp_k = hkdf(self.ck, input_key_material, 3)
+        self.mix_hash(temp_h)
+        self.cipher.initialize_key(temp_k[:KEYLEN])
+
+    def get_handshake_hash(self) -> bytes:
+        return self.h
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        ciphertext = self.cipher.encrypt_with_ad(self.h, plaintext)
+        self.mix_hash(ciphertext)
+        return ciphertext
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        plaintext = self.cipher.decrypt_with_ad(self.h, ciphertext)
+        self.mix_hash(ciphertext)
+        return plaintext
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        temp_k1, temp_k2 = hkdf(self.ck, b"", 2)
+        return CipherState(temp_k1[:KEYLEN]), CipherState(temp_k2[:KEYLEN])
+
+
+# ----------------------------------------------------------------- patterns
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakePattern:
+    """A pattern as data: pre-message tokens per side, then message token lists.
+
+    Messages alternate initiator, responder, initiator, ... starting with the
+    initiator (``->``).
+    """
+
+    name: str
+    initiator_pre: tuple[str, ...]
+    responder_pre: tuple[str, ...]
+    messages: tuple[tuple[str, ...], ...]
+
+    @property
+    def one_way(self) -> bool:
+        return len(self.messages) == 1
+
+
+# Section 7.4 (one-way), 7.5 (fundamental interactive), 7.6 (deferred), in
+# the spec's notation. Lines before "..." are pre-messages.
+_PATTERN_TEXT = {
+    "N": "<- s | ... | -> e, es",
+    "K": "-> s | <- s | ... | -> e, es, ss",
+    "X": "<- s | ... | -> e, es, s, ss",
+    "NN": "-> e | <- e, ee",
+    "NK": "<- s | ... | -> e, es | <- e, ee",
+    "NX": "-> e | <- e, ee, s, es",
+    "KN": "-> s | ... | -> e | <- e, ee, se",
+    "KK": "-> s | <- s | ... | -> e, es, ss | <- e, ee, se",
+    "KX": "-> s | ... | -> e | <- e, ee, se, s, es",
+    "XN": "-> e | <- e, ee | -> s, se",
+    "XK": "<- s | ... | -> e, es | <- e, ee | -> s, se",
+    "XX": "-> e | <- e, ee, s, es | -> s, se",
+    "IN": "-> e, s | <- e, ee, se",
+    "IK": "<- s | ... | -> e, es, s, ss | <- e, ee, se",
+    "IX": "-> e, s | <- e, ee, se, s, es",
+    "NK1": "<- s | ... | -> e | <- e, ee, es",
+    "NX1": "-> e | <- e, ee, s | -> es",
+    "X1N": "-> e | <- e, ee | -> s | <- se",
+    "X1K": "<- s | ... | -> e, es | <- e, ee | -> s | <- se",
+    "XK1": "<- s | ... | -> e | <- e, ee, es | -> s, se",
+    "X1K1": "<- s | ... | -> e | <- e, ee, es | -> s | <- se",
+    "X1X": "-> e | <- e, ee, s, es | -> s | <- se",
+    "XX1": "-> e | <- e, ee, s | -> es, s, se",
+    "X1X1": "-> e | <- e, ee, s | -> es, s | <- se",
+    "K1N": "-> s | ... | -> e | <- e, ee | -> se",
+    "K1K": "-> s | <- s | ... | -> e, es | <- e, ee | -> se",
+    "KK1": "-> s | <- s | ... | -> e | <- e, ee, se, es",
+    "K1K1": "-> s | <- s | ... | -> e | <- e, ee, es | -> se",
+    "K1X": "-> s | ... | -> e | <- e, ee, s, es | -> se",
+    "KX1": "-> s | ... | -> e | <- e, ee, se, s | -> es",
+    "K1X1": "-> s | ... | -> e | <- e, ee, s | -> se, es",
+    "I1N": "-> e, s | <- e, ee | -> se",
+    "I1K": "<- s | ... | -> e, es, s | <- e, ee | -> se",
+    "IK1": "<- s | ... | -> e, s | <- e, ee, se, es",
+    "I1K1": "<- s | ... | -> e, s | <- e, ee, es | -> se",
+    "I1X": "-> e, s | <- e, ee, s, es | -> se",
+    "IX1": "-> e, s | <- e, ee, se, s | -> es",
+    "I1X1": "-> e, s | <- e, ee, s | -> se, es",
+}
+
+
+def _parse_pattern(name: str, text: str) -> HandshakePattern:
+    lines = [line.strip() for line in text.split("|")]
+    pre: list[str] = []
+    if "..." in lines:
+        cut = lines.index("...")
+        pre, lines = lines[:cut], lines[cut + 1 :]
+    initiator_pre: tuple[str, ...] = ()
+    responder_pre: tuple[str, ...] = ()
+    for line in pre:
+        arrow, tokens = line[:2], tuple(t.strip() for t in line[2:].split(","))
+        if arrow == "->":
+            initiator_pre = tokens
+        else:
+            responder_pre = tokens
+    messages = []
+    for i, line in enumerate(lines):
+        expected = "->" if i % 2 == 0 else "<-"
+        if not line.startswith(expected):
+            raise AssertionError(f"pattern {name} does not alternate")  # pragma: no cover
+        messages.append(tuple(t.strip() for t in line[2:].split(",")))
+    return HandshakePattern(name, initiator_pre, responder_pre, tuple(messages))
+
+
+PATTERNS: dict[str, HandshakePattern] = {
+    name: _parse_pattern(name, text) for name, text in _PATTERN_TEXT.items()
+}
+
+_NAME_RE = re.compile(r"Noise_([NKXI1]+)((?:psk\d+)(?:\+psk\d+)*)?_(.+)")
+
+
+def parse_protocol_name(protocol_name: str) -> HandshakePattern:
+    """The pattern of a full protocol name, with its ``pskN`` modifiers applied.
+
+    Raises :class:`ValueError` for a name this module does not support (another
+    suite, an unknown pattern or modifier, a ``pskN`` beyond the last message).
+    """
+    match = _NAME_RE.fullmatch(protocol_name)
+    if not match or match.group(3) != SUITE or match.group(1) not in PATTERNS:
+        raise ValueError(f"unsupported Noise protocol {protocol_name!r}")
+    base = PATTERNS[match.group(1)]
+    messages = [list(m) for m in base.messages]
+    modifiers = match.group(2)
+    if modifiers:
+        for modifier in modifiers.split("+"):
+            index = int(modifier[3:])
+            if index == 0:
+                messages[0].insert(0, "psk")
+            elif index <= len(messages):
+                messages[index - 1].append("psk")
+            else:
+                raise ValueError(f"{modifier} does not fit pattern {base.name}")
+    return HandshakePattern(
+        match.group(1) + (modifiers or ""),
+        base.initiator_pre,
+        base.responder_pre,
+        tuple(tuple(m) for m in messages),
+    )
+
+
+def supports(protocol_name: str) -> bool:
+    """True when :class:`HandshakeState` can run ``protocol_name``."""
+    try:
+        parse_protocol_name(protocol_name)
+    except ValueError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------- TransportState
+
+
+class TransportState:
+    """The result of a finished handshake: one CipherState per direction.
+
+    :meth:`encrypt` and :meth:`decrypt` handle whole Noise transport messages
+    (at most :data:`MAX_MESSAGE` bytes including the 16-byte tag) with empty
+    associated data. A failed :meth:`decrypt` leaves the receive nonce
+    unchanged, so a forged, replayed or reordered message never desynchronises
+    a channel the caller might still (wrongly) keep; the caller is expected to
+    close it anyway.
+    """
+
+    __slots__ = ("handshake_hash", "initiator", "recv_cipher", "remote_static", "send_cipher")
+
+    def __init__(
+        self,
+        send_cipher: CipherState,
+        recv_cipher: CipherState,
+        handshake_hash: bytes,
+        remote_static: bytes | None,
+        initiator: bool,
+    ) -> None:
+        self.send_cipher = send_cipher
+        self.recv_cipher = recv_cipher
+        self.handshake_hash = handshake_hash
+        self.remote_static = remote_static
+        self.initiator = initiator
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """One transport message for ``plaintext`` (at most :data:`MAX_PLAINTEXT` bytes)."""
+        if len(plaintext) > MAX_PLAINTEXT:
+            raise NoiseError
+        return self.send_cipher.encrypt_with_ad(b"", plaintext)
+
+    def decrypt(self, message: bytes) -> bytes:
+        """The plaintext of one received transport message, or :class:`NoiseError`."""
+        if not TAGLEN <= len(message) <= MAX_MESSAGE:
+            raise NoiseError
+        return self.recv_cipher.decrypt_with_ad(b"", message)
+
+    def rekey_send(self) -> None:
+        self.send_cipher.rekey()
+
+    def rekey_recv(self) -> None:
+        self.recv_cipher.rekey()
+
+
+# ----------------------------------------------------------- HandshakeState
+
+
+class HandshakeState:
+    """Section 5.3, generic over :data:`PATTERNS` and ``pskN`` modifiers.
+
+    Construct with the full protocol name and the keys the pattern needs:
+    ``s`` (own static key pair), ``rs`` (the peer's static public key when a
+    pre-message carries it), ``psks`` (one 32-byte key per ``psk`` token, in
+    order). Then call :meth:`write_message` / :meth:`read_message` in turn
+    (:attr:`is_my_turn` says which) until :attr:`is_finished`, and
+    :meth:`split`.
+
+    ``ephemeral_factory`` returns the ephemeral key pair for the ``e`` token;
+    it defaults to fresh randomness and exists so tests can replay vectors.
+    """
+
+    def __init__(
+        self,
+        protocol_name: str,
+        initiator: bool,
+        prologue: bytes = b"",
+        *,
+        s: KeyPair | None = None,
+        rs: bytes | None = None,
+        psks: Sequence[bytes] = (),
+        e: KeyPair | None = None,
+        re: bytes | None = None,
+        ephemeral_factory: Callable[[], KeyPair] | None = None,
+    ) -> None:
+        self.pattern = parse_protocol_name(protocol_name)
+        self.protocol_name = protocol_name
+        self.initiator = initiator
+        self.s = s
+        self.e = e
+        self.rs = rs
+        self.re = re
+        self._psks = [bytes(p) for p in psks]
+        self._psk_mode = any("psk" in m for m in self.pattern.messages)
+        self._ephemeral_factory = ephemeral_factory or generate_keypair
+        self._index = 0
+        self._failed = False
+        self._transport: TransportState | None = None
+        self._check_keys()
+        self.symmetric = SymmetricState(protocol_name.encode("ascii"))
+        self.symmetric.mix_hash(bytes(prologue))
+        # Pre-messages: the initiator's first, then the responder's.
+        for tokens, theirs in (
+            (self.pattern.initiator_pre, not initiator),
+            (self.pattern.responder_pre, initiator),
+        ):
+            for tok in tokens:
+                key = self._pre_key(tok, theirs)
+                self.symmetric.mix_hash(key)
+                if tok == "e" and self._psk_mode:
+                    self.symmetric.mix_key(key)
+
+    def _pre_key(self, tok: str, theirs: bool) -> bytes:
+        if tok == "s":
+            key = self.rs if theirs else (self.s.public if self.s else None)
+        else:
+            key = self.re if theirs else (self.e.public if self.e else None)
+        if key is None:  # pragma: no cover - _check_keys already refused this
+            raise ValueError(f"pre-message key {tok} missing")
+        return key
+
+    def _check_keys(self) -> None:
+        mine = "initiator" if self.initiator else "responder"
+        my_tokens = [
+            t
+            for i, m in enumerate(self.pattern.messages)
+            for t in m
+            if (i % 2 == 0) == self.initiator
+        ]
+        my_pre = self.pattern.initiator_pre if self.initiator else self.pattern.responder_pre
+        their_pre = self.pattern.responder_pre if self.initiator else self.pattern.initiator_pre
+        all_tokens = {t for m in self.pattern.messages for t in m}
+        my_static_dh = {"se", "ss"} if self.initiator else {"es", "ss"}
+        if ("s" in my_tokens or "s" in my_pre or all_tokens & my_static_dh) and self.s is None:
+            raise ValueError(f"{self.pattern.name} needs the {mine}'s static key")
+        if "s" in their_pre and self.rs is None:
+            raise ValueError(f"{self.pattern.name} needs the peer's static public key")
+        if "e" in my_pre and self.e is None:
+            raise ValueError(f"{self.pattern.name} needs a pre-shared ephemeral")
+        if "e" in their_pre and self.re is None:
+            raise ValueError(f"{self.pattern.name} needs the peer's ephemeral public key")
+        wanted = sum(t == "psk" for m in self.pattern.messages for t in m)
+        if len(self._psks) != wanted or any(len(p) != 32 for p in self._psks):
+            raise ValueError(f"{self.pattern.name} needs {wanted} 32-byte PSK(s)")
+
+    # -- state -----------------------------------------------------------
+
+    @property
+    def is_finished(self) -> bool:
+        return self._transport is not None
+
+    @property
+    def is_my_turn(self) -> bool:
+        return not self.is_finished and (self._index % 2 == 0) == self.initiator
+
+    @property
+    def handshake_hash(self) -> bytes:
+        return self.symmetric.get_handshake_hash()
+
+    @property
+    def remote_static(self) -> bytes | None:
+        """The peer's static public key, once received (or pre-known)."""
+        return self.rs
+
+    def split(self) -> TransportState:
+        """The transport state; only after the last handshake message."""
+        if self._transport is None:
+            raise ValueError("handshake not finished")
+        return self._transport
+
+    # -- messages --------------------------------------------------------
+
+    def _dh_for(self, tok: str) -> bytes:
+        # Token names read "initiator key, responder key".
+        s, e = self.s, self.e
+        if tok == "ee":
+            mine, theirs = e, self.re
+        elif tok == "ss":
+            mine, theirs = s, self.rs
+        elif (tok == "es") == self.initiator:  # initiator's e / responder's e
+            mine, theirs = e, self.rs
+        else:
+            mine, theirs = s, self.re
+        if mine is None or theirs is None:  # pragma: no cover - patterns are valid
+            raise ValueError(f"tok {tok} used before its keys exist")
+        return dh(mine.private, theirs)
+
+    def _next_psk(self) -> bytes:
+        return self._psks.pop(0)
+
+    def _begin(self, writing: bool) -> tuple[str, ...]:
+        if self._failed or self.is_finished:
+            raise NoiseError
+        if self.is_my_turn != writing:
+            raise ValueError("not this side's turn in the handshake")
+        return self.pattern.messages[self._index]
+
+    def _end(self) -> None:
+        self._index += 1
+        if self._index == len(self.pattern.messages):
+            c1, c2 = self.symmetric.split()
+            send, recv = (c1, c2) if self.initiator else (c2, c1)
+            self._transport = TransportState(
+                send, recv, self.symmetric.get_handshake_hash(), self.rs, self.initiator
+            )
+
+    def write_message(self, payload: bytes = b"") -> bytes:
+        """The next handshake message, carrying ``payload``."""
+        tokens = self._begin(writing=True)
+        try:
+            out = bytearray()
+            sym = self.symmetric
+            for tok in tokens:
+                if tok == "e":
+                    self.e = self._ephemeral_factory()
+                    out += self.e.public
+                    sym.mix_hash(self.e.public)
+                    if self._psk_mode:
+                        sym.mix_key(self.e.public)
+                elif tok == "s":
+                    assert self.s is not None
+                    out += sym.encrypt_and_hash(self.s.public)
+                elif tok == "psk":
+                    sym.mix_key_and_hash(self._next_psk())
+                else:
+                    sym.mix_key(self._dh_for(tok))
+            if len(out) + len(payload) + (TAGLEN if sym.cipher.has_key() else 0) > MAX_MESSAGE:
+                raise NoiseError
+            out += sym.encrypt_and_hash(bytes(payload))
+        except BaseException:
+            self._failed = True
+            raise
+        self._end()
+        return bytes(out)
+
+    def read_message(self, message: bytes) -> bytes:
+        """Process a received handshake message and return its payload."""
+        tokens = self._begin(writing=False)
+        try:
+            if len(message) > MAX_MESSAGE:
+                raise NoiseError
+            view = bytes(message)
+            pos = 0
+            sym = self.symmetric
+            for tok in tokens:
+                if tok == "e":
+                    if len(view) - pos < DHLEN:
+                        raise NoiseError
+                    self.re = view[pos : pos + DHLEN]
+                    pos += DHLEN
+                    sym.mix_hash(self.re)
+                    if self._psk_mode:
+                        sym.mix_key(self.re)
+                elif tok == "s":
+                    size = DHLEN + (TAGLEN if sym.cipher.has_key() else 0)
+                    if len(view) - pos < size:
+                        raise NoiseError
+                    self.rs = sym.decrypt_and_hash(view[pos : pos + size])
+                    pos += size
+                elif tok == "psk":
+                    sym.mix_key_and_hash(self._next_psk())
+                else:
+                    sym.mix_key(self._dh_for(tok))
+            payload = sym.decrypt_and_hash(view[pos:])
+        except BaseException:
+            self._failed = True
+            raise
+        self._end()
+        return payload
+
+
+# ------------------------------------------------------------ mesh handshake
+
+MESH_PROTOCOL_NAME = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b"
+MESH_PROTOCOL_VERSION = 1
+MESH_PROLOGUE = b"syncron-p2p\x00" + MESH_PROTOCOL_VERSION.to_bytes(2, "big")
+"""Bound into every mesh handshake: a node of another program or protocol
+version computes a different handshake hash and fails at message 1."""
+
+MESH_HANDSHAKE_LENGTHS = (48, 32 + 48 + 16, 48 + 16)
+"""Sizes of the three mesh handshake messages with empty payloads."""
+
+
+def mesh_handshake(
+    initiator: bool,
+    static: KeyPair,
+    mesh_secret: bytes,
+    *,
+    ephemeral_factory: Callable[[], KeyPair] | None = None,
+) -> HandshakeState:
+    """The handshake every mesh connection uses.
+
+    ``Noise_XXpsk0`` with the 32-byte mesh secret as PSK: message 1 is
+    ``e`` plus an empty payload encrypted under a key derived from the PSK,
+    so a responder rejects a non-member's message 1 (its tag does not verify)
+    before it has sent anything or revealed its static key. Statics travel
+    encrypted in messages 2 and 3; afterwards :attr:`HandshakeState.remote_static`
+    is the authenticated peer key to check against the peers registry.
+    """
+    if len(mesh_secret) != 32:
+        raise ValueError("the mesh secret is 32 bytes")
+    return HandshakeState(
+        MESH_PROTOCOL_NAME,
+        initiator,
+        MESH_PROLOGUE,
+        s=static,
+        psks=[mesh_secret],
+        ephemeral_factory=ephemeral_factory,
+    )
