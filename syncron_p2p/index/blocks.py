@@ -1,0 +1,163 @@
+"""The block policy: how file content is cut into blocks for delta transfer.
+
+Files travel as content-defined blocks (DESIGN §3, Transfer). Boundaries come
+from FastCDC (Xia et al. 2016, normalised chunking level 1, the gear table of
+the ``fastcdc`` package) with :data:`POLICY`:
+
+* **min 64 KiB, avg 256 KiB, max 1 MiB.** A local edit changes the blocks it
+  touches plus at most about one block on each side (the gear hash only looks
+  at the last 32 bytes, so cut points resynchronise right after the edit).
+  Overwriting or inserting 1 MiB therefore re-sends the new MiB plus the two
+  neighbouring blocks: < 3 MiB in the worst case (two max-size neighbours),
+  measured on 64 MiB of noise at 30 positions 1.32 MiB mean / 1.95 MiB max
+  for an overwrite and 1.38 / 1.94 MiB for an insertion (the issue asks for
+  <= 2 MiB and <= 4 MiB). A 1 GiB file has ~4 000 blocks, i.e.
+  ~170 KB of block list, and each request/verify unit stays small enough to
+  pipeline over a LAN; smaller averages multiply per-block overhead (index
+  size, messages) for little gain, larger ones make every edit costlier.
+* **One policy for every file size.** A size-dependent average (as
+  Syncthing's fixed blocks use) would make boundaries depend on the file's
+  length, so appending across a threshold would re-cut the whole file and
+  defeat block reuse between files. Boundaries are a pure function of content.
+* **Identical on every platform.** The Cython extension and the pure-Python
+  fallback of ``fastcdc`` share one gear table whose entries are all below
+  2**31, so the 32-bit state ``(h >> 1) + gear`` never wraps and both compute
+  the same cut points (tests check this and pin a known answer; note the
+  fallback is ~4 MB/s, so platforms need the extension for real use).
+* Files shorter than the minimum are one block; an empty file has none.
+
+Block and content hashes are 32-byte blake3. :func:`hash_file` streams the
+file through a bounded buffer (16 MiB) with ``readinto`` rather than mmap: a
+file truncated by another process while mapped would kill the scanner with
+SIGBUS. It hashes exactly the bytes it read; detecting a file that changed
+while being hashed (stat before and after) is the caller's job.
+
+Threads: blake3 releases the GIL on large inputs; the ``fastcdc`` cut-point
+search does not, so chunking is serialised across the scanner's workers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import blake3
+
+from syncron_p2p.index.records import EMPTY_HASH, HASH_SIZE, Block
+
+try:
+    from fastcdc.fastcdc_cy import fastcdc_cy as _fastcdc
+except ImportError:  # pragma: no cover - platforms without the extension
+    from fastcdc.fastcdc_py import fastcdc_py as _fastcdc
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True, slots=True)
+class BlockPolicy:
+    """Parameters every node must share; advertised in the protocol handshake."""
+
+    algorithm: str
+    min_size: int
+    avg_size: int
+    max_size: int
+    hash: str
+
+
+POLICY = BlockPolicy(
+    algorithm="fastcdc-2016-nc1-gear-fastcdc1",
+    min_size=64 * KiB,
+    avg_size=256 * KiB,
+    max_size=1 * MiB,
+    hash="blake3-256",
+)
+
+_READ_BUFFER = 16 * MiB
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """What hashing a file produced: whole-content hash, size and block list."""
+
+    content_hash: bytes
+    size: int
+    blocks: tuple[Block, ...]
+
+
+def _cut(view: memoryview) -> list[tuple[int, int]]:
+    """(offset, size) of the blocks of ``view``, as if it were a whole file."""
+    return [
+        (c.offset, c.length)
+        for c in _fastcdc(
+            view, min_size=POLICY.min_size, avg_size=POLICY.avg_size, max_size=POLICY.max_size
+        )
+    ]
+
+
+def chunk_bytes(data: bytes | bytearray | memoryview) -> list[Block]:
+    """The blocks of an in-memory content: contiguous, covering all of it."""
+    view = memoryview(data).cast("B")
+    if len(view) == 0:
+        return []
+    return [
+        Block(offset, size, blake3.blake3(view[offset : offset + size]).digest())
+        for offset, size in _cut(view)
+    ]
+
+
+def verify_block(data: bytes | bytearray | memoryview, expected_hash: bytes) -> bool:
+    """True when ``data`` hashes to ``expected_hash`` (a 32-byte blake3)."""
+    if len(expected_hash) != HASH_SIZE:
+        return False
+    return blake3.blake3(data).digest() == expected_hash
+
+
+def hash_file(path: os.PathLike[str] | str) -> FileDigest:
+    """Hash the file at ``path``: blake3 of its content and its block list.
+
+    Memory stays bounded (one 16 MiB buffer) whatever the file's size. The
+    result describes exactly the bytes read, even if the file changed
+    meanwhile; raises ``OSError`` as ``open``/``read`` do.
+    """
+    content = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    blocks: list[Block] = []
+    buffer = bytearray(_READ_BUFFER)
+    view = memoryview(buffer)
+    base = 0  # file offset of buffer[0]
+    filled = 0
+    eof = False
+    with open(path, "rb", buffering=0) as f:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        while True:
+            while filled < len(buffer):
+                n = f.readinto(view[filled:])
+                if not n:
+                    eof = True
+                    break
+                content.update(view[filled : filled + n])
+                filled += n
+            if filled == 0:
+                break
+            done = 0
+            for offset, size in _cut(view[:filled]):
+                end = offset + size
+                if end == filled and not eof:
+                    # This cut may only be the buffer's end: redo it with more data.
+                    break
+                digest = blake3.blake3(view[offset:end]).digest()
+                blocks.append(Block(base + offset, size, digest))
+                done = end
+            if eof and done == filled:
+                base += done
+                break
+            remainder = filled - done
+            view[:remainder] = bytes(view[done:filled])
+            base += done
+            filled = remainder
+    view.release()
+    size = base
+    if not blocks:
+        return FileDigest(EMPTY_HASH, 0, ())
+    return FileDigest(content.digest(), size, tuple(blocks))
