@@ -108,3 +108,56 @@ def canonical(record: Record) -> bytes:
 def entry_digest(record: Record) -> bytes:
     """blake3 of :func:`canonical`: the merkle leaf for this record."""
     return blake3.blake3(b"syncron-entry-v1\x00" + canonical(record)).digest()
+
+
+def mint(
+    path: str,
+    kind: EntryType,
+    previous: Record | None,
+    actor: str,
+    *,
+    size: int = 0,
+    mode: int = 0,
+    content_hash: bytes = EMPTY_HASH,
+    blocks: tuple[Block, ...] = (),
+    target: str = "",
+    fingerprint: StatFingerprint | None = None,
+    base: VersionVector | None = None,
+) -> Record:
+    """A new local version of ``path``: ``actor``'s counter bumped on its history.
+
+    ``base`` (default: the previous record's vector) is the history the new
+    version supersedes; the new content's ``origin`` is ``actor``.
+    """
+    history = base if base is not None else (previous.version if previous else VersionVector())
+    version = history.bump(actor)
+    return Record(
+        path=path,
+        type=kind,
+        size=size,
+        mode=mode,
+        content_hash=content_hash,
+        version=version,
+        deleted=False,
+        blocks=blocks,
+        target=target,
+        origin=actor,
+        origin_sum=version.total(),
+        fingerprint=fingerprint,
+    )
+
+
+def tombstone(previous: Record, actor: str) -> Record:
+    """A new local version of ``previous.path`` saying it was deleted."""
+    version = previous.version.bump(actor)
+    return Record(
+        path=previous.path,
+        type=previous.type,
+        size=0,
+        mode=previous.mode,
+        content_hash=EMPTY_HASH,
+        version=version,
+        deleted=True,
+        origin=actor,
+        origin_sum=version.total(),
+    )

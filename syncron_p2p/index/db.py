@@ -1,0 +1,405 @@
+"""The folder index: one SQLite database per folder in ``FOLDER/.syncron/``.
+
+Why SQLite (stdlib ``sqlite3``, WAL mode): crash safety (a transaction is all
+or nothing), bounded memory whatever the tree's size, and queries (by parent
+directory for the scanner, by key range for reconciliation, by content hash
+for block reuse). Syncthing moved from LevelDB to SQLite in v2.0 for the
+same reasons.
+
+Schema (version 1)
+------------------
+``meta(key, value)``
+    ``schema_version``, ``node_id``, ``epoch`` (random, new whenever the
+    database is created: the node's actor is ``NODE_ID.EPOCH``),
+    ``next_sequence``.
+``records(path PRIMARY KEY, parent, type, size, mode, hash, blocks, version,
+deleted, target, origin, origin_sum, sequence, digest, fp_size, fp_mtime_ns,
+fp_inode, fp_ctime_ns)``
+    One row per path. ``blocks`` packs ``(size u32, blake3 hash)`` per block
+    (offsets follow from sizes); ``version`` is the msgpack of the vector;
+    ``digest`` is the merkle leaf, stored so opening a folder never rehashes.
+    Indexes: ``parent`` (scanner), ``hash`` (whole-file reuse for renames and
+    copies), ``sequence`` (changes since). There is deliberately no global
+    per-block table (Syncthing's database-size lesson): block reuse looks at
+    files with the same content hash and at the previous version of the same
+    path, which covers renames, copies and in-place edits.
+``kv(ns, key, value)``
+    Small engine state that must survive restarts (peer acknowledgements,
+    pending pulls), namespaced.
+
+Migrations run in order from the stored ``schema_version``; a database from
+a newer version is refused with a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from syncron_p2p.errors import ConfigError
+from syncron_p2p.folder import INDEX_DB, state_dir
+from syncron_p2p.index.merkle import MerkleTree
+from syncron_p2p.index.records import (
+    HASH_SIZE,
+    Block,
+    EntryType,
+    Record,
+    StatFingerprint,
+    entry_digest,
+)
+from syncron_p2p.index.versions import VersionVector
+from syncron_p2p.paths import parent
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE records (
+            path TEXT PRIMARY KEY,
+            parent TEXT NOT NULL,
+            type INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            mode INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            blocks BLOB NOT NULL,
+            version BLOB NOT NULL,
+            deleted INTEGER NOT NULL,
+            target TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            origin_sum INTEGER NOT NULL,
+            sequence INTEGER NOT NULL,
+            digest BLOB NOT NULL,
+            fp_size INTEGER,
+            fp_mtime_ns INTEGER,
+            fp_inode INTEGER,
+            fp_ctime_ns INTEGER
+        ) WITHOUT ROWID""",
+        "CREATE INDEX records_parent ON records(parent)",
+        "CREATE INDEX records_hash ON records(hash)",
+        "CREATE INDEX records_sequence ON records(sequence)",
+        "CREATE TABLE kv (ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
+        " PRIMARY KEY (ns, key)) WITHOUT ROWID",
+    ],
+}
+
+_COLUMNS = (
+    "path, type, size, mode, hash, blocks, version, deleted, target, origin, origin_sum,"
+    " sequence, fp_size, fp_mtime_ns, fp_inode, fp_ctime_ns"
+)
+
+
+def pack_blocks(blocks: Iterable[Block]) -> bytes:
+    out = bytearray()
+    for b in blocks:
+        out += b.size.to_bytes(4, "big")
+        out += b.hash
+    return bytes(out)
+
+
+def unpack_blocks(data: bytes) -> tuple[Block, ...]:
+    step = 4 + HASH_SIZE
+    if len(data) % step:
+        raise ConfigError("index database holds a malformed block list")
+    blocks = []
+    offset = 0
+    for i in range(0, len(data), step):
+        size = int.from_bytes(data[i : i + 4], "big")
+        blocks.append(Block(offset, size, data[i + 4 : i + step]))
+        offset += size
+    return tuple(blocks)
+
+
+def pack_version(v: VersionVector) -> bytes:
+    packed: bytes = msgpack.packb(v.encode(), use_bin_type=True)
+    return packed
+
+
+def unpack_version(data: bytes) -> VersionVector:
+    return VersionVector(tuple((str(a), int(c)) for a, c in msgpack.unpackb(data)))
+
+
+def _row_to_record(row: tuple[Any, ...]) -> Record:
+    fp = None
+    if row[12] is not None:
+        fp = StatFingerprint(row[12], row[13], row[14], row[15])
+    return Record(
+        path=row[0],
+        type=EntryType(row[1]),
+        size=row[2],
+        mode=row[3],
+        content_hash=row[4],
+        blocks=unpack_blocks(row[5]),
+        version=unpack_version(row[6]),
+        deleted=bool(row[7]),
+        target=row[8],
+        origin=row[9],
+        origin_sum=row[10],
+        sequence=row[11],
+        fingerprint=fp,
+    )
+
+
+class Index:
+    """A folder's SQLite index plus its in-memory merkle tree.
+
+    Not thread-safe: one owner (the scanner or the node's engine) at a time.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, node_id: str) -> None:
+        self._conn = conn
+        self.node_id = node_id
+        self.epoch = self._meta("epoch") or ""
+        self.actor = f"{node_id}.{self.epoch}"
+        self._next_seq = int(self._meta("next_sequence") or "1")
+        self.merkle = MerkleTree.from_items(
+            (path, digest) for path, digest in conn.execute("SELECT path, digest FROM records")
+        )
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, folder: Path, node_id: str, db_path: Path | None = None) -> Index:
+        """Open (creating and migrating as needed) the index of ``folder``."""
+        path = db_path or state_dir(folder) / INDEX_DB
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            _migrate(conn, node_id)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"index database {path} is unusable: {exc}") from None
+        stored = conn.execute("SELECT value FROM meta WHERE key='node_id'").fetchone()
+        if stored and stored[0] != node_id:
+            conn.close()
+            raise ConfigError(
+                f"index database {path} belongs to node {stored[0]}, not {node_id};"
+                " remove it to re-index this folder"
+            )
+        return cls(conn, node_id)
+
+    @classmethod
+    def memory(cls, node_id: str) -> Index:
+        """A throw-away in-memory index (simulations and tests)."""
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        _migrate(conn, node_id)
+        return cls(conn, node_id)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # --------------------------------------------------------------- reads
+
+    def get(self, path: str) -> Record | None:
+        row = self._conn.execute(f"SELECT {_COLUMNS} FROM records WHERE path=?", (path,)).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    def children(self, directory: str) -> list[Record]:
+        """Records whose parent directory is ``directory`` ("" for the root)."""
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM records WHERE parent=?", (directory,))
+        return [_row_to_record(r) for r in rows]
+
+    def subtree(self, directory: str) -> Iterator[Record]:
+        """Every record strictly below ``directory``, in path order."""
+        lo, hi = directory + "/", directory + "0"  # '0' is the character after '/'
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM records WHERE path >= ? AND path < ? ORDER BY path", (lo, hi)
+        )
+        for r in rows:
+            yield _row_to_record(r)
+
+    def in_range(self, start_exclusive: str | None, end_inclusive: str | None) -> Iterator[Record]:
+        """Records with ``start < path <= end`` in path order (None: unbounded)."""
+        sql = f"SELECT {_COLUMNS} FROM records WHERE 1"
+        args: list[str] = []
+        if start_exclusive is not None:
+            sql += " AND path > ?"
+            args.append(start_exclusive)
+        if end_inclusive is not None:
+            sql += " AND path <= ?"
+            args.append(end_inclusive)
+        for r in self._conn.execute(sql + " ORDER BY path", args):
+            yield _row_to_record(r)
+
+    def all(self) -> Iterator[Record]:
+        return self.in_range(None, None)
+
+    def with_content(self, content_hash: bytes, limit: int = 8) -> list[Record]:
+        """Live files whose content hash is ``content_hash`` (for block reuse)."""
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM records WHERE hash=? AND deleted=0 AND type=0 LIMIT ?",
+            (content_hash, limit),
+        )
+        return [_row_to_record(r) for r in rows]
+
+    def since(self, sequence: int) -> Iterator[Record]:
+        """Records changed locally after ``sequence``, in sequence order."""
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM records WHERE sequence > ? ORDER BY sequence", (sequence,)
+        )
+        for r in rows:
+            yield _row_to_record(r)
+
+    def __len__(self) -> int:
+        return len(self.merkle)
+
+    @property
+    def last_sequence(self) -> int:
+        return self._next_seq - 1
+
+    # -------------------------------------------------------------- writes
+
+    def put(self, records: Iterable[Record]) -> list[Record]:
+        """Store records in one transaction; returns them with sequences set.
+
+        Records whose synced state did not change (same digest) keep their
+        sequence number and only get their stat fingerprint updated.
+        """
+        stored: list[Record] = []
+        merkle_changes: list[tuple[str, bytes | None]] = []
+        with self._transaction() as cur:
+            for rec in records:
+                digest = entry_digest(rec)
+                old = self.merkle.leaf(rec.path)
+                fp = rec.fingerprint
+                fpv = (
+                    (fp.size, fp.mtime_ns, fp.inode, fp.ctime_ns)
+                    if fp
+                    else (None, None, None, None)
+                )
+                if old == digest:
+                    cur.execute(
+                        "UPDATE records SET fp_size=?, fp_mtime_ns=?, fp_inode=?, fp_ctime_ns=?"
+                        " WHERE path=?",
+                        (*fpv, rec.path),
+                    )
+                    stored.append(rec)
+                    continue
+                seq = self._next_seq
+                self._next_seq += 1
+                cur.execute(
+                    "INSERT OR REPLACE INTO records (path, parent, type, size, mode, hash, blocks,"
+                    " version, deleted, target, origin, origin_sum, sequence, digest, fp_size,"
+                    " fp_mtime_ns, fp_inode, fp_ctime_ns)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        rec.path,
+                        parent(rec.path),
+                        int(rec.type),
+                        rec.size,
+                        rec.mode,
+                        rec.content_hash,
+                        pack_blocks(rec.blocks),
+                        pack_version(rec.version),
+                        int(rec.deleted),
+                        rec.target,
+                        rec.origin,
+                        rec.origin_sum,
+                        seq,
+                        digest,
+                        *fpv,
+                    ),
+                )
+                merkle_changes.append((rec.path, digest))
+                stored.append(_with_sequence(rec, seq))
+            cur.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (str(self._next_seq),)
+            )
+        self.merkle.update(merkle_changes)
+        return stored
+
+    def forget(self, paths: Iterable[str]) -> None:
+        """Remove records entirely (tombstone collection, once causally stable)."""
+        removed: list[tuple[str, bytes | None]] = []
+        with self._transaction() as cur:
+            for path in paths:
+                cur.execute("DELETE FROM records WHERE path=?", (path,))
+                removed.append((path, None))
+        self.merkle.update(removed)
+
+    def kv_get(self, ns: str, key: str) -> bytes | None:
+        row = self._conn.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def kv_put(self, ns: str, key: str, value: bytes | None) -> None:
+        if value is None:
+            self._conn.execute("DELETE FROM kv WHERE ns=? AND key=?", (ns, key))
+        else:
+            self._conn.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?)", (ns, key, value))
+
+    def kv_items(self, ns: str) -> list[tuple[str, bytes]]:
+        rows = self._conn.execute("SELECT key, value FROM kv WHERE ns=? ORDER BY key", (ns,))
+        return [(str(k), bytes(v)) for k, v in rows]
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self._conn)
+
+
+class _Tx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> sqlite3.Cursor:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn.cursor()
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            self._conn.execute("ROLLBACK")
+
+
+def _with_sequence(rec: Record, seq: int) -> Record:
+    return replace(rec, sequence=seq)
+
+
+def _migrate(conn: sqlite3.Connection, node_id: str) -> None:
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+    ).fetchone()
+    current = 0
+    if has_meta:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        current = int(row[0]) if row else 0
+    if current > SCHEMA_VERSION:
+        raise ConfigError(
+            f"index database has schema version {current}; this syncron-p2p knows"
+            f" up to {SCHEMA_VERSION}: upgrade syncron-p2p"
+        )
+    if current == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+        if current == 0:
+            # A new database is a new index epoch: a fresh actor for this node.
+            conn.execute("INSERT INTO meta VALUES ('node_id', ?)", (node_id,))
+            conn.execute("INSERT INTO meta VALUES ('epoch', ?)", (secrets.token_hex(4),))
+            conn.execute("INSERT INTO meta VALUES ('next_sequence', '1')")
+        conn.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

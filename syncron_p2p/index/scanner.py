@@ -1,0 +1,436 @@
+"""The incremental folder scanner: disk -> index records.
+
+Walks the folder top-down with ``os.scandir``, honouring nested
+``.gitignore`` files (``ignore.py``), and compares each entry with the index:
+
+* a file whose stat fingerprint (size, mtime_ns, inode, ctime_ns) and
+  executable bit are unchanged is not read at all;
+* other files are hashed in worker threads (blake3 and the chunker release
+  the GIL for large inputs); a file whose fingerprint changes while it is
+  being hashed is hashed again (up to :data:`HASH_RETRIES` times) and
+  reported if it never holds still;
+* content that really changed (or a new path) bumps this node's counter in
+  the path's version vector; content that did not change only refreshes the
+  fingerprint and keeps the version;
+* an indexed path that vanished becomes a tombstone with a bumped vector (a
+  vanished directory takes its whole indexed subtree with it).
+
+Never a crash on what the disk holds: unreadable files and directories,
+special files (fifo, socket, device), names that are not valid UTF-8 or not
+NFC, and unsafe names are reported in :attr:`ScanResult.errors` and skipped;
+nothing under an unreadable directory is tombstoned. Symlinks are recorded
+as links (their target text) and never followed, so loops cannot happen.
+
+Paths that become ignored keep their last record untouched: ignoring a file
+stops syncing it, it never deletes it on other nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import unicodedata
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import blake3
+
+from syncron_p2p.errors import UnsafePathError
+from syncron_p2p.index.blocks import FileDigest, hash_file
+from syncron_p2p.index.db import Index
+from syncron_p2p.index.ignore import IgnoreRules
+from syncron_p2p.index.records import (
+    EMPTY_HASH,
+    Block,
+    EntryType,
+    Record,
+    StatFingerprint,
+    mint,
+    tombstone,
+)
+from syncron_p2p.paths import STATE_DIR, validate
+
+HASH_RETRIES = 3
+FILE_MODE_EXEC = 0o755
+FILE_MODE_PLAIN = 0o644
+DIR_MODE = 0o755
+MAX_IN_FLIGHT = 64
+GITIGNORE = ".gitignore"
+
+
+@dataclass(frozen=True, slots=True)
+class ScanError:
+    """A path the scan skipped, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What a scan saw and did."""
+
+    files: int = 0
+    directories: int = 0
+    symlinks: int = 0
+    total_bytes: int = 0
+    hashed_files: int = 0
+    hashed_bytes: int = 0
+    changed: list[Record] = field(default_factory=list)
+    errors: list[ScanError] = field(default_factory=list)
+    merkle_root: bytes = b""
+
+
+Progress = Callable[[int, int], None]  # (entries seen, bytes hashed)
+
+
+def file_mode(st_mode: int) -> int:
+    """The synced mode of a regular file: only the owner-executable bit counts."""
+    return FILE_MODE_EXEC if st_mode & stat.S_IXUSR else FILE_MODE_PLAIN
+
+
+def fingerprint(st: os.stat_result) -> StatFingerprint:
+    return StatFingerprint(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+@dataclass(slots=True)
+class _Pending:
+    rel: str
+    abspath: str
+    old: Record | None
+    fp: StatFingerprint
+    mode: int
+
+
+class Scanner:
+    """Scans one folder into its :class:`Index`."""
+
+    def __init__(
+        self,
+        folder: Path,
+        index: Index,
+        *,
+        sync_git: bool = False,
+        workers: int = 2,
+        progress: Progress | None = None,
+    ) -> None:
+        self.folder = folder
+        self.index = index
+        self.sync_git = sync_git
+        self.workers = max(1, workers)
+        self.progress = progress
+
+    # ---------------------------------------------------------------- public
+
+    def scan(self, directories: Iterable[str] | None = None) -> ScanResult:
+        """Scan the whole folder, or only the given directories (recursively).
+
+        Targeted rescans (from watchers) pass the directories that changed;
+        a directory that no longer exists is resolved to its nearest existing
+        ancestor so the vanished entry is seen and tombstoned.
+        """
+        result = ScanResult()
+        roots = [""] if directories is None else self._normalise_roots(directories)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="syncron-hash") as pool:
+            self._pool = pool
+            self._inflight: list[Future[tuple[_Pending, FileDigest | ScanError]]] = []
+            self._result = result
+            self._batch: list[Record] = []
+            self._seen = 0
+            for root in roots:
+                self._walk(root, self._rules_for(root))
+            self._drain(0)
+            self._flush()
+        result.merkle_root = self.index.merkle.root()
+        return result
+
+    # ------------------------------------------------------------ the walk
+
+    def _normalise_roots(self, directories: Iterable[str]) -> list[str]:
+        roots: set[str] = set()
+        for d in directories:
+            d = d.strip("/")
+            while d and not (self.folder / d).is_dir():
+                d = d.rpartition("/")[0]
+            roots.add(d)
+        # drop roots below other roots
+        ordered = sorted(roots)
+        kept: list[str] = []
+        for r in ordered:
+            if not any(r == k or r.startswith(k + "/") or k == "" for k in kept):
+                kept.append(r)
+        return kept
+
+    def _rules_for(self, directory: str) -> IgnoreRules:
+        rules = IgnoreRules.root(ignore_git_dirs=not self.sync_git)
+        rules = rules.child("", self._read_gitignore(""))
+        if not directory:
+            return rules
+        parts = directory.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            rules = rules.child(sub, self._read_gitignore(sub))
+        return rules
+
+    def _read_gitignore(self, directory: str) -> str | None:
+        path = self.folder / directory / GITIGNORE if directory else self.folder / GITIGNORE
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(1 << 20).decode("utf-8", errors="replace")
+        except OSError:
+            return None
+
+    def _walk(self, top: str, top_rules: IgnoreRules) -> None:
+        stack: list[tuple[str, IgnoreRules]] = [(top, top_rules)]
+        while stack:
+            directory, rules = stack.pop()
+            subdirs = self._scan_dir(directory, rules)
+            for sub in reversed(subdirs):
+                stack.append((sub, rules.child(sub, self._read_gitignore(sub))))
+
+    def _scan_dir(self, directory: str, rules: IgnoreRules) -> list[str]:
+        abs_dir = os.path.join(self.folder, directory) if directory else str(self.folder)
+        known = {r.path: r for r in self.index.children(directory)}
+        present: set[str] = set()
+        subdirs: list[str] = []
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = list(it)
+        except OSError as exc:
+            self._error(directory or ".", f"cannot list directory: {exc.strerror}")
+            return []  # nothing below it is tombstoned: we could not look
+        for entry in entries:
+            name = entry.name
+            if not directory and name == STATE_DIR:
+                continue
+            rel = f"{directory}/{name}" if directory else name
+            if not _is_utf8(name):
+                self._error(_printable(rel), "name is not valid UTF-8; skipped")
+                continue
+            if unicodedata.normalize("NFC", name) != name:
+                self._error(rel, "name is not NFC-normalised; skipped")
+                present.add(unicodedata.normalize("NFC", rel))
+                continue
+            try:
+                validate(rel)
+            except UnsafePathError as exc:
+                self._error(rel, str(exc))
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                self._error(rel, f"cannot stat: {exc.strerror}")
+                present.add(rel)
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if rules.is_ignored(rel, is_dir):
+                present.add(rel)  # ignored: leave its record (if any) untouched
+                continue
+            present.add(rel)
+            self._seen += 1
+            old = known.get(rel)
+            if is_dir:
+                self._result.directories += 1
+                self._directory(rel, old)
+                subdirs.append(rel)
+            elif stat.S_ISLNK(st.st_mode):
+                self._result.symlinks += 1
+                self._symlink(rel, entry.path, old)
+            elif stat.S_ISREG(st.st_mode):
+                self._result.files += 1
+                self._result.total_bytes += st.st_size
+                self._file(rel, entry.path, st, old)
+            else:
+                self._error(rel, f"special file ({_kind(st.st_mode)}) skipped")
+        for rel, old in known.items():
+            if rel not in present and not old.deleted:
+                self._vanished(old)
+        if self.progress:
+            self.progress(self._seen, self._result.hashed_bytes)
+        return sorted(subdirs)
+
+    # ------------------------------------------------------------ entries
+
+    def _directory(self, rel: str, old: Record | None) -> None:
+        if old and not old.deleted and old.type == EntryType.DIRECTORY:
+            return
+        self._emit(self._new_version(rel, EntryType.DIRECTORY, old, size=0, mode=DIR_MODE))
+
+    def _symlink(self, rel: str, abspath: str, old: Record | None) -> None:
+        try:
+            target = os.readlink(abspath)
+        except OSError as exc:
+            self._error(rel, f"cannot read link: {exc.strerror}")
+            return
+        if not _is_utf8(target):
+            self._error(rel, "symlink target is not valid UTF-8; skipped")
+            return
+        if old and not old.deleted and old.type == EntryType.SYMLINK and old.target == target:
+            return
+        self._emit(
+            self._new_version(
+                rel,
+                EntryType.SYMLINK,
+                old,
+                size=0,
+                mode=0o777,
+                content_hash=blake3.blake3(target.encode("utf-8")).digest(),
+                target=target,
+            )
+        )
+
+    def _file(self, rel: str, abspath: str, st: os.stat_result, old: Record | None) -> None:
+        fp = fingerprint(st)
+        mode = file_mode(st.st_mode)
+        if (
+            old is not None
+            and not old.deleted
+            and old.type == EntryType.FILE
+            and old.fingerprint == fp
+            and old.mode == mode
+        ):
+            return
+        pending = _Pending(rel, abspath, old, fp, mode)
+        self._inflight.append(self._pool.submit(_hash_stable, pending))
+        self._drain(MAX_IN_FLIGHT)
+
+    def _drain(self, keep: int) -> None:
+        while len(self._inflight) > keep:
+            future = self._inflight.pop(0)
+            pending, outcome = future.result()
+            if isinstance(outcome, ScanError):
+                self._result.errors.append(outcome)
+                continue
+            self._result.hashed_files += 1
+            self._result.hashed_bytes += outcome.size
+            self._hashed(pending, outcome)
+            if self.progress and self._result.hashed_files % 256 == 0:
+                self.progress(self._seen, self._result.hashed_bytes)
+
+    def _hashed(self, p: _Pending, digest: FileDigest) -> None:
+        old = p.old
+        if (
+            old is not None
+            and not old.deleted
+            and old.type == EntryType.FILE
+            and old.content_hash == digest.content_hash
+            and old.mode == p.mode
+        ):
+            # Same content (touched, or copied back): refresh the fingerprint only.
+            self._emit(_refingerprinted(old, p.fp))
+            return
+        self._emit(
+            self._new_version(
+                p.rel,
+                EntryType.FILE,
+                old,
+                size=digest.size,
+                mode=p.mode,
+                content_hash=digest.content_hash,
+                blocks=digest.blocks,
+                fp=p.fp,
+            )
+        )
+
+    def _vanished(self, old: Record) -> None:
+        self._emit(self._tombstone(old))
+        if old.type == EntryType.DIRECTORY:
+            for rec in self.index.subtree(old.path):
+                if not rec.deleted:
+                    self._emit(self._tombstone(rec))
+
+    # ---------------------------------------------------------- versions
+
+    def _new_version(
+        self,
+        rel: str,
+        kind: EntryType,
+        old: Record | None,
+        *,
+        size: int,
+        mode: int,
+        content_hash: bytes = EMPTY_HASH,
+        blocks: tuple[Block, ...] = (),
+        target: str = "",
+        fp: StatFingerprint | None = None,
+    ) -> Record:
+        return mint(
+            rel,
+            kind,
+            old,
+            self.index.actor,
+            size=size,
+            mode=mode,
+            content_hash=content_hash,
+            blocks=blocks,
+            target=target,
+            fingerprint=fp,
+        )
+
+    def _tombstone(self, old: Record) -> Record:
+        return tombstone(old, self.index.actor)
+
+    def _emit(self, record: Record) -> None:
+        self._batch.append(record)
+        if len(self._batch) >= 512:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        stored = self.index.put(self._batch)
+        for before, after in zip(self._batch, stored, strict=True):
+            if after.sequence != before.sequence:
+                self._result.changed.append(after)
+        self._batch = []
+
+    def _error(self, path: str, reason: str) -> None:
+        self._result.errors.append(ScanError(path, reason))
+
+
+def _hash_stable(p: _Pending) -> tuple[_Pending, FileDigest | ScanError]:
+    """Hash a file in a worker thread, retrying while it changes underneath."""
+    for _ in range(HASH_RETRIES):
+        try:
+            digest = hash_file(p.abspath)
+            st = os.lstat(p.abspath)
+        except OSError as exc:
+            return p, ScanError(p.rel, f"cannot read: {exc.strerror}")
+        now = fingerprint(st)
+        if now == p.fp and digest.size == st.st_size:
+            return p, digest
+        if not stat.S_ISREG(st.st_mode):
+            return p, ScanError(p.rel, "changed type while being scanned")
+        p.fp = now
+        p.mode = file_mode(st.st_mode)
+    return p, ScanError(p.rel, "kept changing while being hashed; will retry next scan")
+
+
+def _refingerprinted(old: Record, fp: StatFingerprint) -> Record:
+    return replace(old, fingerprint=fp)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    return name.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "unknown type"

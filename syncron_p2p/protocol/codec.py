@@ -1,0 +1,344 @@
+"""The one place that knows msgpack: messages <-> framed bytes.
+
+Frame: a 4-byte big-endian body length, then a msgpack array whose first
+item is the message type id (``docs/protocol.md`` lists them). Every size is
+checked before anything is allocated for it, and every field's type and
+range is checked on decode. Hostile bytes can only ever raise
+:class:`RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from syncron_p2p.errors import RemoteProtocolError
+from syncron_p2p.index.records import HASH_SIZE, Block, EntryType, Record
+from syncron_p2p.index.versions import VersionVector
+from syncron_p2p.protocol.messages import (
+    BlockData,
+    BlockMissing,
+    BlockRequest,
+    Goodbye,
+    Hello,
+    Message,
+    NodeChildren,
+    NodeReply,
+    NodeRequest,
+    NodeSummary,
+    Ping,
+    Pong,
+    RangeRequest,
+    RecordRequest,
+    Records,
+    Root,
+)
+
+MAX_FRAME = 8 * 1024 * 1024
+MAX_BLOCK = 16 * 1024 * 1024
+MAX_STR = 8192
+MAX_ITEMS = 65536
+MAX_FILE_SIZE = 1 << 50
+HEADER = 4
+
+TYPE_IDS: dict[type, int] = {
+    Hello: 1,
+    Goodbye: 2,
+    Ping: 3,
+    Pong: 4,
+    Root: 5,
+    NodeRequest: 6,
+    NodeReply: 7,
+    RangeRequest: 8,
+    RecordRequest: 9,
+    Records: 10,
+    BlockRequest: 11,
+    BlockData: 12,
+    BlockMissing: 13,
+}
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def encode_record(r: Record) -> list[Any]:
+    blocks = b"".join(b.size.to_bytes(4, "big") + b.hash for b in r.blocks)
+    return [
+        r.path,
+        int(r.type),
+        r.size,
+        r.mode,
+        r.content_hash,
+        r.deleted,
+        r.target,
+        r.origin,
+        r.origin_sum,
+        r.version.encode(),
+        blocks,
+    ]
+
+
+def _body(msg: Message) -> list[Any]:
+    match msg:
+        case Hello():
+            return [msg.min_version, msg.max_version, msg.node_id, msg.role, list(msg.features)]
+        case Goodbye():
+            return [msg.reason]
+        case Ping() | Pong():
+            return [msg.nonce]
+        case Root():
+            return [msg.root, msg.count]
+        case NodeRequest():
+            return [msg.request_id, [[lv, end] for lv, end in msg.nodes]]
+        case NodeReply():
+            return [
+                msg.request_id,
+                [
+                    [
+                        n.level,
+                        n.end,
+                        n.start,
+                        n.exists,
+                        [[c.end, c.hash, c.count] for c in n.children],
+                    ]
+                    for n in msg.nodes
+                ],
+            ]
+        case RangeRequest():
+            return [msg.request_id, msg.start, msg.end]
+        case RecordRequest():
+            return [msg.request_id, list(msg.paths)]
+        case Records():
+            return [msg.request_id, [encode_record(r) for r in msg.records], msg.done]
+        case BlockRequest():
+            return [
+                msg.request_id,
+                msg.path,
+                msg.content_hash,
+                msg.offset,
+                msg.size,
+                msg.block_hash,
+            ]
+        case BlockData():
+            return [msg.request_id, msg.data]
+        case BlockMissing():
+            return [msg.request_id]
+    raise TypeError(f"not a message: {msg!r}")  # pragma: no cover
+
+
+def encode(msg: Message) -> bytes:
+    """One framed message."""
+    body: bytes = msgpack.packb([TYPE_IDS[type(msg)], *_body(msg)], use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise ValueError(f"message too large to send ({len(body)} bytes)")
+    return len(body).to_bytes(HEADER, "big") + body
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _fail(why: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"malformed message: {why}")
+
+
+def _int(v: Any, lo: int = 0, hi: int = (1 << 63) - 1) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise _fail("integer out of range")
+    return v
+
+
+def _str(v: Any, limit: int = MAX_STR) -> str:
+    if type(v) is not str or len(v) > limit:
+        raise _fail("bad string")
+    return v
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else _str(v)
+
+
+def _bytes(v: Any, size: int | None = None, limit: int = MAX_BLOCK) -> bytes:
+    if type(v) is not bytes or len(v) > limit or (size is not None and len(v) != size):
+        raise _fail("bad bytes")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise _fail("bad boolean")
+    return v
+
+
+def _list(v: Any, limit: int = MAX_ITEMS) -> list[Any]:
+    if type(v) is not list or len(v) > limit:
+        raise _fail("bad list")
+    return v
+
+
+def _fields(v: Any, n: int) -> list[Any]:
+    if type(v) is not list or len(v) != n:
+        raise _fail("wrong field count")
+    return v
+
+
+def decode_record(v: Any) -> Record:
+    (path, kind, size, mode, chash, deleted, target, origin, osum, version, blocks) = _fields(v, 11)
+    try:
+        etype = EntryType(_int(kind, 0, 2))
+    except ValueError:
+        raise _fail("bad entry type") from None
+    size = _int(size, 0, MAX_FILE_SIZE)
+    entries = []
+    for item in _list(version, 4096):
+        actor, counter = _fields(item, 2)
+        entries.append((_str(actor, 256), _int(counter, 1)))
+    actors = [a for a, _ in entries]
+    if actors != sorted(set(actors)):
+        raise _fail("version vector not canonical")
+    raw = _bytes(blocks, limit=MAX_FRAME)
+    step = 4 + HASH_SIZE
+    if len(raw) % step:
+        raise _fail("bad block list")
+    parsed: list[Block] = []
+    offset = 0
+    for i in range(0, len(raw), step):
+        bsize = int.from_bytes(raw[i : i + 4], "big")
+        if not 0 < bsize <= MAX_BLOCK:
+            raise _fail("bad block size")
+        parsed.append(Block(offset, bsize, raw[i + 4 : i + step]))
+        offset += bsize
+    is_deleted = _bool(deleted)
+    if etype == EntryType.FILE and not is_deleted and offset != size:
+        raise _fail("blocks do not add up to the file size")
+    if (etype != EntryType.FILE or is_deleted) and parsed:
+        raise _fail("blocks on a non-file record")
+    return Record(
+        path=_str(path, 4096),
+        type=etype,
+        size=size,
+        mode=_int(mode, 0, 0o7777),
+        content_hash=_bytes(chash, HASH_SIZE),
+        deleted=is_deleted,
+        target=_str(target, 4096),
+        origin=_str(origin, 256),
+        origin_sum=_int(osum),
+        version=VersionVector(tuple(entries)),
+        blocks=tuple(parsed),
+    )
+
+
+def _summary(v: Any) -> NodeSummary:
+    end, h, count = _fields(v, 3)
+    return NodeSummary(_opt_str(end), _bytes(h, HASH_SIZE), _int(count))
+
+
+def _node_children(v: Any) -> NodeChildren:
+    level, end, start, exists, children = _fields(v, 5)
+    return NodeChildren(
+        _int(level, 1, 64),
+        _opt_str(end),
+        _opt_str(start),
+        _bool(exists),
+        tuple(_summary(c) for c in _list(children, 4096)),
+    )
+
+
+def _node_ref(v: Any) -> tuple[int, str | None]:
+    level, end = _fields(v, 2)
+    return _int(level, 1, 64), _opt_str(end)
+
+
+_DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
+    1: (
+        5,
+        lambda f: Hello(
+            _int(f[0]),
+            _int(f[1]),
+            _str(f[2], 256),
+            _str(f[3], 64),
+            tuple(_str(x, 64) for x in _list(f[4], 64)),
+        ),
+    ),
+    2: (1, lambda f: Goodbye(_str(f[0], 1024))),
+    3: (1, lambda f: Ping(_int(f[0]))),
+    4: (1, lambda f: Pong(_int(f[0]))),
+    5: (2, lambda f: Root(_bytes(f[0], HASH_SIZE), _int(f[1]))),
+    6: (2, lambda f: NodeRequest(_int(f[0]), tuple(_node_ref(x) for x in _list(f[1], 1024)))),
+    7: (2, lambda f: NodeReply(_int(f[0]), tuple(_node_children(x) for x in _list(f[1], 1024)))),
+    8: (3, lambda f: RangeRequest(_int(f[0]), _opt_str(f[1]), _opt_str(f[2]))),
+    9: (2, lambda f: RecordRequest(_int(f[0]), tuple(_str(x, 4096) for x in _list(f[1], 4096)))),
+    10: (
+        3,
+        lambda f: Records(_int(f[0]), tuple(decode_record(x) for x in _list(f[1])), _bool(f[2])),
+    ),
+    11: (
+        6,
+        lambda f: BlockRequest(
+            _int(f[0]),
+            _str(f[1], 4096),
+            _bytes(f[2], HASH_SIZE),
+            _int(f[3], 0, MAX_FILE_SIZE),
+            _int(f[4], 0, MAX_BLOCK),
+            _bytes(f[5], HASH_SIZE),
+        ),
+    ),
+    12: (2, lambda f: BlockData(_int(f[0]), _bytes(f[1], limit=MAX_BLOCK))),
+    13: (1, lambda f: BlockMissing(_int(f[0]))),
+}
+
+
+def decode_body(body: bytes) -> Message:
+    """Decode one frame body (without its length header)."""
+    try:
+        obj = msgpack.unpackb(
+            body,
+            use_list=True,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=MAX_FRAME,
+            max_str_len=MAX_FRAME,
+            max_array_len=MAX_FRAME,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types on hostile input
+        raise _fail(f"undecodable ({type(exc).__name__})") from None
+    if type(obj) is not list or not obj:
+        raise _fail("not a message array")
+    type_id = obj[0]
+    if type(type_id) is not int or type_id not in _DECODERS:
+        raise _fail(f"unknown message type {type_id!r}")
+    count, build = _DECODERS[type_id]
+    fields = obj[1:]
+    if len(fields) != count:
+        raise _fail("wrong field count")
+    return build(fields)
+
+
+class Decoder:
+    """Incremental frame decoder: ``feed`` bytes, then ``next`` until None."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def next(self) -> Message | None:
+        if len(self._buf) < HEADER:
+            return None
+        size = int.from_bytes(self._buf[:HEADER], "big")
+        if size > self._max or size == 0:
+            raise _fail(f"frame length {size} out of range")
+        if len(self._buf) < HEADER + size:
+            return None
+        body = bytes(self._buf[HEADER : HEADER + size])
+        del self._buf[: HEADER + size]
+        return decode_body(body)

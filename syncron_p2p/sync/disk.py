@@ -1,0 +1,82 @@
+"""The engine's port to a folder's contents (real disk or in-memory fake).
+
+The engine decides; a :class:`Disk` carries out single, checked operations.
+Every operation that replaces or removes something takes an *expectation*:
+what the index believes is at that path. If the disk disagrees (the user
+changed it since the last scan) the operation raises :class:`LocalChanged`
+and changes nothing, so a local edit is never overwritten: the engine asks
+for a rescan and resolves again with the new local version.
+
+``node/disk.py`` implements this on the real filesystem (temp files under
+``.syncron/tmp``, fsync, rename); ``simulations/`` in memory. One contract
+test suite runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from syncron_p2p.errors import SyncronError
+from syncron_p2p.index.records import Block, EntryType, Record, StatFingerprint
+
+
+class LocalChanged(SyncronError):
+    """The disk no longer matches the index at this path: rescan, don't touch."""
+
+
+class DiskFailure(SyncronError):
+    """An operation failed for a local reason (permissions, disk full, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What is at a path right now (or what the index expects there)."""
+
+    type: EntryType
+    fingerprint: StatFingerprint | None = None  # files only
+    target: str = ""  # symlinks only
+
+
+def expectation(local: Record | None) -> Observation | None:
+    """What the index says the disk holds for this record (None: nothing)."""
+    if local is None or local.deleted:
+        return None
+    return Observation(local.type, local.fingerprint, local.target)
+
+
+class Disk(Protocol):
+    """Checked operations on one folder. Paths are validated relative paths."""
+
+    def observe(self, path: str) -> Observation | None:
+        """lstat-level facts about ``path`` (None if nothing is there)."""
+
+    def read_block(self, path: str, offset: int, size: int) -> bytes | None:
+        """``size`` bytes at ``offset`` of the file at ``path``; None if unavailable."""
+
+    def temp_present(self, key: str, blocks: Sequence[Block]) -> set[int]:
+        """Indexes of ``blocks`` already written (and still valid) in temp ``key``."""
+
+    def temp_write(self, key: str, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` of temp file ``key`` (created as needed)."""
+
+    def temp_discard(self, key: str) -> None:
+        """Remove temp ``key`` if it exists."""
+
+    def install_file(
+        self, path: str, key: str, size: int, mode: int, expect: Observation | None
+    ) -> Observation:
+        """Make temp ``key`` (exactly ``size`` bytes) the file at ``path``, durably."""
+
+    def install_dir(self, path: str, expect: Observation | None) -> Observation:
+        """Ensure a directory at ``path`` where ``expect`` was."""
+
+    def install_symlink(self, path: str, target: str, expect: Observation | None) -> Observation:
+        """Make ``path`` a symlink to ``target`` where ``expect`` was."""
+
+    def remove(self, path: str, expect: Observation | None) -> None:
+        """Remove ``path`` (a directory only if empty) if it still is ``expect``."""
+
+    def move(self, src: str, dst: str, expect: Observation | None) -> Observation:
+        """Rename ``src`` (still ``expect``) to ``dst``, which must not exist."""

@@ -1,0 +1,855 @@
+"""The sans-IO sync engine: ``handle(input, now) -> [effects]``.
+
+One engine per folder. It holds the per-peer sessions, pulls what peers have
+that it lacks (merkle descent, ``reconcile.py``), resolves every incoming
+record against the local one (``conflicts.py``), plans and verifies block
+transfers, applies results through the :class:`~syncron_p2p.sync.disk.Disk`
+port and stores them in the index, then announces them to the other peers.
+
+It never awaits and never reads a clock or a random source of its own: the
+driver passes ``now`` and a seeded :class:`random.Random`. The index and the
+disk are ports: synchronous, and deterministic for a given state, so a
+simulation replays exactly from its seed.
+
+Safety rules it keeps:
+
+* every path from a peer is validated (``paths.validate``) before anything
+  else; an unsafe record closes the channel and changes nothing;
+* every block is verified against its blake3 hash before it is written;
+* nothing on disk is replaced or removed unless it still is what the index
+  says (the Disk port checks): otherwise a rescan, and the local edit wins
+  or becomes a conflict, never lost;
+* a conflict's loser is preserved (conflict copy) before the merged result
+  is stored, so no node can publish "I have seen X" without X surviving;
+* deletions are applied after pending transfers, so a moved file is rebuilt
+  from its old local copy instead of being fetched again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import blake3
+
+from syncron_p2p.config import Role, Timing
+from syncron_p2p.errors import RemoteProtocolError, UnsafePathError
+from syncron_p2p.index.merkle import MerkleTree
+from syncron_p2p.index.records import Block, EntryType, Record, mint
+from syncron_p2p.index.versions import VersionVector
+from syncron_p2p.paths import symlink_target_is_safe, validate
+from syncron_p2p.protocol.messages import (
+    BlockData,
+    BlockMissing,
+    BlockRequest,
+    Goodbye,
+    Hello,
+    Message,
+    NodeChildren,
+    NodeReply,
+    NodeRequest,
+    NodeSummary,
+    Ping,
+    Pong,
+    RangeRequest,
+    RecordRequest,
+    Records,
+    Root,
+)
+from syncron_p2p.protocol.session import Session
+from syncron_p2p.sync.conflicts import Outcome, conflict_copy, resolve
+from syncron_p2p.sync.disk import (
+    Disk,
+    DiskFailure,
+    LocalChanged,
+    Observation,
+    expectation,
+)
+from syncron_p2p.sync.effects import (
+    Close,
+    Effect,
+    Input,
+    LocalChanges,
+    Notice,
+    PeerDown,
+    PeerUp,
+    Received,
+    Rescan,
+    Send,
+    Tick,
+)
+from syncron_p2p.sync.reconcile import Descent
+
+MAX_ACTIVE_JOBS = 64
+RECORDS_PAGE = 256
+PAGE_BYTES = 512 * 1024
+FORGOTTEN_NS = "forgotten"
+
+
+class Store(Protocol):
+    """What the engine needs of an index (``index/db.py`` is the real one)."""
+
+    actor: str
+    merkle: MerkleTree
+
+    def get(self, path: str) -> Record | None: ...
+    def put(self, records: Iterable[Record]) -> list[Record]: ...
+    def in_range(self, start: str | None, end: str | None) -> Iterable[Record]: ...
+    def with_content(self, content_hash: bytes, limit: int = 8) -> list[Record]: ...
+    def all(self) -> Iterable[Record]: ...
+    def forget(self, paths: Iterable[str]) -> None: ...
+    def kv_get(self, ns: str, key: str) -> bytes | None: ...
+    def kv_put(self, ns: str, key: str, value: bytes | None) -> None: ...
+
+    @property
+    def last_sequence(self) -> int: ...
+
+
+@dataclass(slots=True)
+class PeerState:
+    session: Session
+    last_heard: float
+    last_ping: float = 0.0
+    root: bytes | None = None
+    root_sent: bytes | None = None
+    descent: Descent | None = None
+    requests: dict[int, float] = field(default_factory=dict)  # record/node requests
+    blocks: dict[int, tuple[str, int, float]] = field(default_factory=dict)  # id -> job, idx
+
+
+@dataclass(slots=True)
+class Job:
+    """Bringing one path to ``target`` (content fetched into a temp file first)."""
+
+    target: Record  # record to install at target.path
+    expect: Observation | None  # what must be at target.path before we touch it
+    move_local_to: str | None  # conflict: rename the local loser here first
+    extra: list[Record]  # more records to store when done (e.g. the conflict copy)
+    keep_local_fp: bool  # target's fingerprint is the existing local one (no install)
+    source_path: str  # path to name in block requests
+    sources: list[str]
+    missing: dict[int, Block]
+    inflight: dict[int, int] = field(default_factory=dict)  # block idx -> request id
+    origin_peer: str = ""
+    stalled_since: float | None = None
+
+    @property
+    def key(self) -> str:
+        return self.target.content_hash.hex()
+
+
+class Engine:
+    """The sync engine of one folder (see module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        disk: Disk,
+        node_id: str,
+        *,
+        role: Role = Role.SEND_RECEIVE,
+        timing: Timing | None = None,
+        rng: random.Random | None = None,
+        members: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        self.store = store
+        self.disk = disk
+        self.node_id = node_id
+        self.role = role
+        self.timing = timing or Timing()
+        self.rng = rng or random.Random(0)
+        self._members = members
+        self.peers: dict[str, PeerState] = {}
+        self.jobs: dict[str, Job] = {}
+        self.queue: dict[str, tuple[Record, set[str]]] = {}
+        self.deletes: dict[str, tuple[Record, str]] = {}
+        self.retry: dict[str, tuple[float, Record, str]] = {}
+        self._next_id = 1
+        # peer -> my last_sequence when our roots last matched (outlives connections)
+        self.synced: dict[str, int] = {}
+        self._next_anti_entropy: float | None = None
+        self._next_heartbeat: float | None = None
+        self._out: list[Effect] = []
+        self._now = 0.0
+        self.stats = {
+            "conflicts": 0,
+            "applied": 0,
+            "rejected": 0,
+            "blocks_local": 0,
+            "blocks_remote": 0,
+        }
+
+    # ================================================================ entry
+
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        """Process one input at time ``now``; return the effects to execute."""
+        self._now = now
+        self._out = []
+        if self._next_anti_entropy is None:
+            self._schedule_anti_entropy()
+            self._next_heartbeat = now + self.timing.heartbeat_interval
+        match event:
+            case PeerUp(peer):
+                self._peer_up(peer)
+            case PeerDown(peer):
+                self._peer_down(peer)
+            case Received(peer, message):
+                self._received(peer, message)
+            case LocalChanges(records):
+                self._local_changes(records)
+            case Tick():
+                self._tick()
+        self._pump()
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :class:`Tick` should be fed again."""
+        times = [t for t in (self._next_anti_entropy, self._next_heartbeat) if t is not None]
+        times.extend(at for at, _, _ in self.retry.values())
+        return min(times) if times else None
+
+    # ============================================================== peers
+
+    def _peer_up(self, peer: str) -> None:
+        old = self.peers.get(peer)
+        if old is not None:
+            self._forget_peer(peer)
+        session = Session(self.node_id, peer, self.role.value)
+        self.peers[peer] = PeerState(session, last_heard=self._now, last_ping=self._now)
+        self._send(peer, session.hello)
+
+    def _peer_down(self, peer: str) -> None:
+        self._forget_peer(peer)
+
+    def _forget_peer(self, peer: str) -> None:
+        state = self.peers.pop(peer, None)
+        if state is None:
+            return
+        state.session.close()
+        for job_path, idx, _ in state.blocks.values():
+            job = self.jobs.get(job_path)
+            if job is not None:
+                job.inflight.pop(idx, None)
+        for job in self.jobs.values():
+            if peer in job.sources:
+                job.sources.remove(peer)
+        for _, sources in self.queue.values():
+            sources.discard(peer)
+
+    def _close(self, peer: str, reason: str) -> None:
+        if peer in self.peers:
+            self._out.append(Send(peer, Goodbye(reason)))
+            self._out.append(Close(peer, reason))
+            self._forget_peer(peer)
+
+    def _active(self) -> list[str]:
+        return [p for p, s in self.peers.items() if s.session.active]
+
+    def _send(self, peer: str, msg: Message) -> None:
+        self._out.append(Send(peer, msg))
+
+    def _request_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    # =========================================================== messages
+
+    def _received(self, peer: str, msg: Message) -> None:
+        state = self.peers.get(peer)
+        if state is None:
+            return  # closed meanwhile
+        state.last_heard = self._now
+        try:
+            state.session.admit(msg)
+            self._dispatch(peer, state, msg)
+        except RemoteProtocolError as exc:
+            self._notice("rejected", "", f"peer {peer}: {exc}")
+            self._close(peer, str(exc))
+        except UnsafePathError as exc:
+            self.stats["rejected"] += 1
+            self._notice("rejected", "", f"peer {peer} sent an unsafe record: {exc}")
+            self._close(peer, f"unsafe path: {exc}")
+
+    def _dispatch(self, peer: str, state: PeerState, msg: Message) -> None:
+        match msg:
+            case Hello():
+                self._send_root(peer, state, force=True)
+            case Goodbye():
+                self._notice("applied", "", f"peer {peer} said goodbye: {msg.reason}")
+                self._out.append(Close(peer, "peer said goodbye"))
+                self._forget_peer(peer)
+            case Ping(nonce):
+                self._send(peer, Pong(nonce))
+            case Pong():
+                pass
+            case Root():
+                self._on_root(peer, state, msg)
+            case NodeRequest():
+                self._serve_nodes(peer, msg)
+            case NodeReply():
+                self._on_node_reply(peer, state, msg)
+            case RangeRequest():
+                self._serve_records(peer, msg.request_id, self.store.in_range(msg.start, msg.end))
+            case RecordRequest():
+                found = (self.store.get(p) for p in msg.paths)
+                self._serve_records(peer, msg.request_id, (r for r in found if r is not None))
+            case Records():
+                self._on_records(peer, state, msg)
+            case BlockRequest():
+                self._serve_block(peer, msg)
+            case BlockData():
+                self._on_block(peer, state, msg.request_id, msg.data)
+            case BlockMissing():
+                self._on_block(peer, state, msg.request_id, None)
+
+    # ------------------------------------------------------ anti-entropy
+
+    def _send_root(self, peer: str, state: PeerState, force: bool = False) -> None:
+        root = self.store.merkle.root()
+        if force or state.root_sent != root:
+            state.root_sent = root
+            self._send(peer, Root(root, len(self.store.merkle)))
+
+    def _on_root(self, peer: str, state: PeerState, msg: Root) -> None:
+        state.root = msg.root
+        mine = self.store.merkle.root()
+        if msg.root == mine:
+            self.synced[peer] = self.store.last_sequence
+        elif self.role != Role.SEND_ONLY and state.descent is None:
+            state.descent = Descent(self.store.merkle)
+            self._issue(peer, state, state.descent.start())
+        self._send_root(peer, state)
+
+    def _issue(
+        self,
+        peer: str,
+        state: PeerState,
+        wants: tuple[list[tuple[int, str | None]], list[tuple[str | None, str | None]], list[str]],
+    ) -> None:
+        nodes, ranges, paths = wants
+        if nodes:
+            rid = self._request_id()
+            state.requests[rid] = self._now
+            self._send(peer, NodeRequest(rid, tuple(nodes)))
+        for start, end in ranges:
+            rid = self._request_id()
+            state.requests[rid] = self._now
+            self._send(peer, RangeRequest(rid, start, end))
+        for i in range(0, len(paths), 1024):
+            rid = self._request_id()
+            state.requests[rid] = self._now
+            self._send(peer, RecordRequest(rid, tuple(paths[i : i + 1024])))
+        if not state.requests and state.descent is not None:
+            state.descent = None
+
+    def _serve_nodes(self, peer: str, msg: NodeRequest) -> None:
+        merkle = self.store.merkle
+        out = []
+        for level, end in msg.nodes:
+            node = merkle.node(level, end)
+            if node is None:
+                out.append(NodeChildren(level, end, None, False, ()))
+                continue
+            start, _ = merkle.range_of(level, end)
+            children = merkle.children(level, end)
+            # A single child covers the same keys: answer with the first level
+            # that branches, saving the peer a round trip per degenerate level.
+            while level > 1 and len(children) == 1:
+                level -= 1
+                children = merkle.children(level, end)
+            kids = tuple(NodeSummary(c.end, c.hash, c.count) for c in children)
+            out.append(NodeChildren(level, end, start, True, kids))
+        self._send(peer, NodeReply(msg.request_id, tuple(out)))
+
+    def _on_node_reply(self, peer: str, state: PeerState, msg: NodeReply) -> None:
+        if state.requests.pop(msg.request_id, None) is None:
+            return  # late (timed out) or duplicated reply: nothing waits for it
+        if state.descent is None:
+            return
+        self._issue(peer, state, state.descent.on_reply(msg.nodes))
+
+    def _serve_records(self, peer: str, request_id: int, records: Iterable[Record]) -> None:
+        page: list[Record] = []
+        size = 0
+        for rec in records:
+            page.append(rec)
+            size += 160 + len(rec.path) + 36 * len(rec.blocks)
+            if len(page) >= RECORDS_PAGE or size >= PAGE_BYTES:
+                self._send(peer, Records(request_id, tuple(page), False))
+                page, size = [], 0
+        self._send(peer, Records(request_id, tuple(page), True))
+
+    def _on_records(self, peer: str, state: PeerState, msg: Records) -> None:
+        if msg.request_id:
+            if msg.request_id in state.requests and msg.done:
+                del state.requests[msg.request_id]
+                if not state.requests:
+                    state.descent = None
+        for rec in msg.records:
+            validate(rec.path)
+            unsafe_link = not symlink_target_is_safe(rec.path, rec.target)
+            if rec.type == EntryType.SYMLINK and not rec.deleted and unsafe_link:
+                raise UnsafePathError(f"symlink {rec.path!r} points outside the folder")
+        for rec in msg.records:
+            self._merge(peer, rec)
+
+    # ------------------------------------------------------------ merging
+
+    def _merge(self, peer: str, rec: Record) -> None:
+        """Resolve one remote record against the local state and act on it."""
+        if self.role == Role.SEND_ONLY:
+            return
+        rec = replace(rec, sequence=0, fingerprint=None)
+        local = self.store.get(rec.path)
+        if local is None and self._forgotten_covers(rec):
+            return
+        if rec.path in self.jobs:
+            job = self.jobs[rec.path]
+            if job.target.content_hash == rec.content_hash and peer not in job.sources:
+                job.sources.append(peer)
+            if not job.target.version.dominates(rec.version):
+                self.retry[rec.path] = (self._now + self.timing.retry_delay, rec, peer)
+            return
+        queued = self.queue.get(rec.path)
+        if queued is not None:
+            qrec, sources = queued
+            if qrec.version.dominates(rec.version):
+                if qrec.content_hash == rec.content_hash:
+                    sources.add(peer)
+                return
+        res = resolve(local, rec)
+        if res.outcome == Outcome.KEEP:
+            return
+        assert res.result is not None
+        if res.outcome == Outcome.MERGE:
+            keep_fp = local.fingerprint if local is not None else None
+            self._store([replace(res.result, fingerprint=keep_fp)], peer)
+            return
+        if res.outcome == Outcome.TAKE and res.result.deleted:
+            if local is None or local.deleted:
+                self._store([res.result], peer)
+            else:
+                self.deletes[rec.path] = (res.result, peer)
+            return
+        self.queue[rec.path] = (rec, {peer})
+        self.deletes.pop(rec.path, None)
+
+    def _forgotten_covers(self, rec: Record) -> bool:
+        raw = self.store.kv_get(FORGOTTEN_NS, rec.path)
+        if raw is None:
+            return False
+        forgotten = _decode_vector(raw)
+        return forgotten.dominates(rec.version)
+
+    # ------------------------------------------------------------- jobs
+
+    def _pump(self) -> None:
+        """Start queued work, request blocks, and run deferred deletions."""
+        while self.queue and len(self.jobs) < MAX_ACTIVE_JOBS:
+            path = next(iter(self.queue))
+            rec, sources = self.queue.pop(path)
+            self._start(rec, sources)
+        self._request_blocks()
+        if not self.jobs and not self.queue and self.deletes:
+            self._run_deletes()
+
+    def _start(self, rec: Record, sources: set[str]) -> None:
+        local = self.store.get(rec.path)
+        res = resolve(local, rec)
+        if res.outcome == Outcome.KEEP:
+            return
+        assert res.result is not None
+        origin = next(iter(sorted(sources)), "")
+        if res.outcome == Outcome.MERGE:
+            self._store(
+                [replace(res.result, fingerprint=local.fingerprint if local else None)], origin
+            )
+            return
+        if res.outcome == Outcome.TAKE:
+            if res.result.deleted:
+                self.deletes[rec.path] = (res.result, origin)
+                return
+            job = Job(
+                res.result,
+                expectation(local),
+                None,
+                [],
+                False,
+                rec.path,
+                sorted(sources),
+                {},
+                origin_peer=origin,
+            )
+        else:  # CONFLICT
+            assert res.loser is not None
+            self.stats["conflicts"] += 1
+            copy = conflict_copy(res.loser)
+            try:
+                validate(copy.path)
+            except UnsafePathError:
+                self._notice("error", rec.path, "conflict copy name is not a valid path")
+                return
+            self._notice("conflict", rec.path, f"kept the other version as {copy.path}")
+            if res.loser_is_local:
+                job = Job(
+                    res.result,
+                    expectation(local),
+                    copy.path,
+                    [copy],
+                    False,
+                    rec.path,
+                    sorted(sources),
+                    {},
+                    origin_peer=origin,
+                )
+            else:
+                existing = self.store.get(copy.path)
+                winner = replace(res.result, fingerprint=local.fingerprint if local else None)
+                if existing is not None and existing.same_content(copy) and not existing.deleted:
+                    self._store([winner], origin)
+                    return
+                job = Job(
+                    copy,
+                    expectation(existing),
+                    None,
+                    [winner],
+                    False,
+                    rec.path,
+                    sorted(sources),
+                    {},
+                    origin_peer=origin,
+                )
+        self._prepare(job, local)
+
+    def _prepare(self, job: Job, local: Record | None) -> None:
+        target = job.target
+        if target.type != EntryType.FILE or not target.blocks:
+            self._finish(job)
+            return
+        present = self.disk.temp_present(job.key, target.blocks)
+        reuse = _local_sources(self.store, local, target)
+        for idx, block in enumerate(target.blocks):
+            if idx in present:
+                continue
+            data = None
+            for src_path, src_offset in reuse.get(block.hash, ()):
+                data = self.disk.read_block(src_path, src_offset, block.size)
+                if data is not None and blake3.blake3(data).digest() == block.hash:
+                    break
+                data = None
+            if data is not None:
+                self.disk.temp_write(job.key, block.offset, data)
+                self.stats["blocks_local"] += 1
+            else:
+                job.missing[idx] = block
+        if not job.missing:
+            self._finish(job)
+            return
+        self.jobs[target.path] = job
+
+    def _request_blocks(self) -> None:
+        if not self.jobs:
+            return
+        window = self.timing.block_window
+        for peer, state in self.peers.items():
+            if not state.session.active:
+                continue
+            free = window - len(state.blocks)
+            if free <= 0:
+                continue
+            for job in list(self.jobs.values()):
+                if peer not in job.sources:
+                    continue
+                for idx, block in job.missing.items():
+                    if free <= 0:
+                        break
+                    if idx in job.inflight:
+                        continue
+                    rid = self._request_id()
+                    job.inflight[idx] = rid
+                    state.blocks[rid] = (job.target.path, idx, self._now)
+                    self._send(
+                        peer,
+                        BlockRequest(
+                            rid,
+                            job.source_path,
+                            job.target.content_hash,
+                            block.offset,
+                            block.size,
+                            block.hash,
+                        ),
+                    )
+                    free -= 1
+                if free <= 0:
+                    break
+        for job in self.jobs.values():
+            if not job.sources and not job.inflight and job.stalled_since is None:
+                job.stalled_since = self._now
+
+    def _on_block(self, peer: str, state: PeerState, rid: int, data: bytes | None) -> None:
+        entry = state.blocks.pop(rid, None)
+        if entry is None:
+            return  # late (timed out) or duplicated: the block is requested again anyway
+        path, idx, _ = entry
+        job = self.jobs.get(path)
+        if job is None or job.inflight.get(idx) != rid:
+            return  # job finished or was dropped meanwhile
+        del job.inflight[idx]
+        block = job.missing[idx]
+        if data is None:
+            if peer in job.sources:
+                job.sources.remove(peer)
+            return
+        if len(data) != block.size or blake3.blake3(data).digest() != block.hash:
+            self.stats["rejected"] += 1
+            self._notice("rejected", path, f"peer {peer} sent a block that fails its hash")
+            self._close(peer, "block does not match its hash")
+            return
+        self.disk.temp_write(job.key, block.offset, data)
+        self.stats["blocks_remote"] += 1
+        del job.missing[idx]
+        if not job.missing and not job.inflight:
+            del self.jobs[path]
+            self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        """Install a job's result on disk, then store and announce it."""
+        target = job.target
+        path = target.path
+        expect = job.expect
+        extra = list(job.extra)
+        try:
+            if job.move_local_to is not None and expect is not None:
+                moved = self.disk.move(path, job.move_local_to, expect)
+                extra = [
+                    replace(r, fingerprint=moved.fingerprint) if r.path == job.move_local_to else r
+                    for r in extra
+                ]
+                expect = None
+            if target.type == EntryType.DIRECTORY:
+                obs = self.disk.install_dir(path, expect)
+            elif target.type == EntryType.SYMLINK:
+                obs = self.disk.install_symlink(path, target.target, expect)
+            else:
+                if not target.blocks:
+                    self.disk.temp_write(job.key, 0, b"")
+                obs = self.disk.install_file(path, job.key, target.size, target.mode, expect)
+        except LocalChanged as exc:
+            self._notice("kept", path, f"changed locally meanwhile; rescanning ({exc})")
+            self.retry[path] = (self._now + self.timing.retry_delay, job.target, job.origin_peer)
+            self._out.append(Rescan((path,)))
+            return
+        except DiskFailure as exc:
+            self._notice("error", path, str(exc))
+            self.retry[path] = (
+                self._now + 30 * self.timing.retry_delay,
+                job.target,
+                job.origin_peer,
+            )
+            return
+        self.stats["applied"] += 1
+        self._store([replace(target, fingerprint=obs.fingerprint), *extra], job.origin_peer)
+
+    def _run_deletes(self) -> None:
+        # Children before parents, so directories are empty when their turn comes.
+        for path in sorted(self.deletes, reverse=True):
+            rec, origin = self.deletes.pop(path)
+            local = self.store.get(path)
+            res = resolve(local, rec)
+            if res.outcome == Outcome.KEEP or res.result is None:
+                continue
+            if res.outcome == Outcome.MERGE or local is None or local.deleted:
+                self._store([res.result], origin)
+                continue
+            try:
+                self.disk.remove(path, expectation(local))
+            except LocalChanged as exc:
+                if local.type == EntryType.DIRECTORY and "not empty" in str(exc):
+                    # Something we must not delete is inside: the directory stays,
+                    # and says so with a version that supersedes the deletion.
+                    kept = mint(
+                        path,
+                        EntryType.DIRECTORY,
+                        local,
+                        self.store.actor,
+                        mode=local.mode,
+                        base=local.version.merge(rec.version),
+                    )
+                    self._notice("kept", path, "directory not empty; kept")
+                    self._store([kept], "")
+                else:
+                    self._notice("kept", path, "changed locally before deletion; rescanning")
+                    self._out.append(Rescan((path,)))
+                continue
+            except DiskFailure as exc:
+                self._notice("error", path, str(exc))
+                continue
+            self.stats["applied"] += 1
+            self._store([res.result], origin)
+
+    def _store(self, records: list[Record], origin_peer: str) -> None:
+        stored = self.store.put(records)
+        for rec in stored:
+            self.retry.pop(rec.path, None)
+            self._notice("applied", rec.path, "deleted" if rec.deleted else "")
+        self._announce(stored, exclude=origin_peer)
+
+    def _announce(self, records: list[Record], exclude: str = "") -> None:
+        if not records or not self.timing.eager_push:
+            return
+        for peer in self._active():
+            if peer == exclude:
+                continue
+            for i in range(0, len(records), RECORDS_PAGE):
+                self._send(peer, Records(0, tuple(records[i : i + RECORDS_PAGE]), True))
+
+    # --------------------------------------------------------- serving
+
+    def _serve_block(self, peer: str, msg: BlockRequest) -> None:
+        validate(msg.path)
+        candidates: list[Record] = []
+        rec = self.store.get(msg.path)
+        if rec is not None and not rec.deleted and rec.content_hash == msg.content_hash:
+            candidates.append(rec)
+        candidates.extend(self.store.with_content(msg.content_hash, limit=4))
+        for cand in candidates:
+            if msg.offset + msg.size > cand.size:
+                continue
+            data = self.disk.read_block(cand.path, msg.offset, msg.size)
+            if data is not None and blake3.blake3(data).digest() == msg.block_hash:
+                self._send(peer, BlockData(msg.request_id, data))
+                return
+            if data is not None:
+                self._out.append(Rescan((cand.path,)))  # our file changed under the index
+        self._send(peer, BlockMissing(msg.request_id))
+
+    # ------------------------------------------------------ local changes
+
+    def _local_changes(self, records: Iterable[Record]) -> None:
+        recs = list(records)
+        if self.role != Role.RECEIVE_ONLY:
+            self._announce(recs)
+        for rec in recs:
+            pending = self.retry.pop(rec.path, None)
+            if pending is not None:
+                _, remote, peer = pending
+                self._merge(peer, remote)
+
+    # ------------------------------------------------------------ timers
+
+    def _schedule_anti_entropy(self) -> None:
+        period = self.timing.anti_entropy_period
+        jitter = self.timing.anti_entropy_jitter
+        self._next_anti_entropy = self._now + period * (1 + self.rng.uniform(-jitter, jitter))
+
+    def _tick(self) -> None:
+        now = self._now
+        if self._next_anti_entropy is not None and now >= self._next_anti_entropy:
+            self._schedule_anti_entropy()
+            active = self._active()
+            if active:
+                peer = self.rng.choice(sorted(active))
+                self._send_root(peer, self.peers[peer], force=True)
+            self._collect_tombstones()
+        if self._next_heartbeat is not None and now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.timing.heartbeat_interval
+            self._heartbeat()
+        for path, (at, rec, peer) in list(self.retry.items()):
+            if now >= at:
+                del self.retry[path]
+                self._merge(peer, rec)
+
+    def _heartbeat(self) -> None:
+        now = self._now
+        for peer, state in list(self.peers.items()):
+            if now - state.last_heard > self.timing.peer_timeout:
+                self._close(peer, "peer timed out")
+                continue
+            if now - state.last_ping >= self.timing.heartbeat_interval:
+                state.last_ping = now
+                self._send(peer, Ping(self._request_id()))
+            timeout = self.timing.request_timeout
+            for rid, (path, idx, sent) in list(state.blocks.items()):
+                if now - sent > timeout:
+                    del state.blocks[rid]
+                    job = self.jobs.get(path)
+                    if job is not None:
+                        job.inflight.pop(idx, None)
+            if state.requests and all(now - t > timeout for t in state.requests.values()):
+                state.requests.clear()
+                state.descent = None
+        for path, job in list(self.jobs.items()):
+            if (
+                job.stalled_since is not None
+                and now - job.stalled_since > self.timing.request_timeout
+            ):
+                del self.jobs[path]  # nobody can serve it now; anti-entropy will bring it back
+
+    # ----------------------------------------------------- tombstone GC
+
+    def _collect_tombstones(self) -> None:
+        """Forget tombstones every current member is known to hold."""
+        if self._members is None:
+            return
+        members = [m for m in self._members() if m != self.node_id]
+        if not members:
+            return
+        stable = min(self.synced.get(m, 0) for m in members)
+        if stable <= 0:
+            return
+        doomed = [r for r in self.store.all() if r.deleted and 0 < r.sequence <= stable]
+        if not doomed:
+            return
+        for rec in doomed:
+            self.store.kv_put(FORGOTTEN_NS, rec.path, _encode_vector(rec.version))
+        self.store.forget(r.path for r in doomed)
+        self._notice("collected", "", f"{len(doomed)} tombstones are causally stable")
+
+    def _notice(self, kind: str, path: str, detail: str) -> None:
+        self._out.append(Notice(kind, path, detail))
+
+    # ------------------------------------------------------------ status
+
+    def in_sync_with(self, peer: str) -> bool:
+        state = self.peers.get(peer)
+        return bool(state and state.root == self.store.merkle.root())
+
+    def pending(self) -> tuple[int, int]:
+        """(files, bytes) still to fetch or apply."""
+        files = len(self.jobs) + len(self.queue) + len(self.deletes)
+        size = sum(sum(b.size for b in j.missing.values()) for j in self.jobs.values())
+        size += sum(r.size for r, _ in self.queue.values())
+        return files, size
+
+
+def _local_sources(
+    store: Store, local: Record | None, target: Record
+) -> dict[bytes, list[tuple[str, int]]]:
+    """Where each block hash of ``target`` might already be on this disk."""
+    out: dict[bytes, list[tuple[str, int]]] = {}
+    wanted = {b.hash for b in target.blocks}
+    donors: list[Record] = []
+    if local is not None and not local.deleted and local.type == EntryType.FILE:
+        donors.append(local)
+    donors.extend(r for r in store.with_content(target.content_hash) if r.path != target.path)
+    for donor in donors:
+        for b in donor.blocks:
+            if b.hash in wanted:
+                out.setdefault(b.hash, []).append((donor.path, b.offset))
+    return out
+
+
+def _encode_vector(v: VersionVector) -> bytes:
+    return "\n".join(f"{a} {c}" for a, c in v.entries).encode()
+
+
+def _decode_vector(raw: bytes) -> VersionVector:
+    entries = []
+    for line in raw.decode().splitlines():
+        actor, _, counter = line.rpartition(" ")
+        entries.append((actor, int(counter)))
+    return VersionVector.of(entries)
