@@ -620,7 +620,7 @@ class HandshakeState:
         self._end()
         return bytes(out)
 
-    def read_message(self, message: bytes) -> bytes:
+    def read_message(self, message: bytes | bytearray | memoryview) -> bytes:
         """Process a received handshake message and return its payload."""
         tokens = self._begin(writing=False)
         try:

@@ -1,0 +1,325 @@
+"""SecureStream: a Noise channel over any trio stream, as trio.SSLStream is for TLS.
+
+Wire format (both phases): every Noise message, handshake or transport, is
+sent as a 2-byte big-endian length followed by that many bytes. A transport
+message is at most 65535 bytes (ciphertext including the 16-byte tag), so
+:meth:`SecureStream.send_all` splits application data of any size into
+plaintext pieces of at most 65519 bytes. Message boundaries carry no meaning
+for the application: :meth:`SecureStream.receive_some` returns plaintext bytes
+like any byte stream (the protocol layer does its own message framing).
+
+The handshake runs on :meth:`SecureStream.do_handshake`, or implicitly on the
+first :meth:`send_all` / :meth:`receive_some`. It has **no timeout of its own**:
+wrap it in ``trio.move_on_after`` / ``fail_after`` (a silent responder, which is
+what a non-member gets, would otherwise wait forever).
+
+Errors, the contract callers (and the Hypothesis tests) rely on:
+
+* :class:`~syncron_p2p.crypto.noise.NoiseError` (a
+  :class:`~syncron_p2p.errors.CryptoError`): anything the peer sent is wrong —
+  a handshake or transport message failed authentication, is too short or too
+  long, replays or reorders a message, a peer key is low-order, the
+  ``accept_remote`` callback refused the peer's key, the stream ended in the
+  middle of a message, or a nonce is exhausted. The transport is closed at
+  once (nothing is sent back), and every later call raises
+  :class:`trio.BrokenResourceError`.
+* :class:`trio.BrokenResourceError`: the transport broke, or the peer closed
+  it cleanly before the handshake finished (at a message boundary: a
+  responder that refused us looks exactly like a peer that went away).
+* :class:`trio.ClosedResourceError`: this stream was closed locally.
+* End of stream: after the handshake, a clean close by the peer at a message
+  boundary makes :meth:`receive_some` return ``b""``. As with TCP, that end is
+  not authenticated; the protocol layer's own framing detects a cut message.
+
+Concurrency follows :class:`trio.abc.Stream`: one task may send while another
+receives; two senders (or two receivers) raise :class:`trio.BusyResourceError`.
+If a send is cancelled half way the stream is broken (the peer may hold half a
+message), as with :class:`trio.SSLStream`.
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+from collections.abc import Callable
+from types import TracebackType
+
+import trio
+
+from syncron_p2p.crypto.noise import (
+    MAX_PLAINTEXT,
+    HandshakeState,
+    KeyPair,
+    NoiseError,
+    TransportState,
+    mesh_handshake,
+)
+
+LENGTH_BYTES = 2
+RECEIVE_CHUNK = 256 * 1024
+SEND_BATCH = 16  # transport messages joined into one transport write (~1 MiB)
+
+
+class _State(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    BROKEN = "broken"
+    CLOSED = "closed"
+
+
+class _Guard:
+    """Raise BusyResourceError when two tasks use one direction at once."""
+
+    __slots__ = ("_busy", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._busy = False
+        self._what = what
+
+    def __enter__(self) -> None:
+        if self._busy:
+            raise trio.BusyResourceError(f"another task is already {self._what} this stream")
+        self._busy = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._busy = False
+
+
+class SecureStream(trio.abc.Stream):
+    """An encrypted, mutually authenticated :class:`trio.abc.Stream`.
+
+    ``handshake`` is a fresh :class:`~syncron_p2p.crypto.noise.HandshakeState`
+    (usually from :meth:`mesh`). ``accept_remote``, when given, is called with
+    the peer's static public key as soon as the handshake reveals it; returning
+    False aborts with :class:`NoiseError` before this side sends anything more.
+    """
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        handshake: HandshakeState,
+        *,
+        accept_remote: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        self.transport_stream = transport_stream
+        self._handshake = handshake
+        self._accept_remote = accept_remote
+        self._remote_checked = False
+        self._transport: TransportState | None = None
+        self._state = _State.HANDSHAKE
+        self._handshake_lock = trio.Lock()
+        self._send_guard = _Guard("sending on")
+        self._receive_guard = _Guard("receiving from")
+        self._rbuf = bytearray()
+        self._plain = bytearray()
+        self._eof = False
+
+    @classmethod
+    def mesh(
+        cls,
+        transport_stream: trio.abc.Stream,
+        *,
+        initiator: bool,
+        static: KeyPair,
+        mesh_secret: bytes,
+        accept_remote: Callable[[bytes], bool] | None = None,
+    ) -> SecureStream:
+        """A stream speaking the mesh handshake (``Noise_XXpsk0``, mesh secret as PSK)."""
+        return cls(
+            transport_stream,
+            mesh_handshake(initiator, static, mesh_secret),
+            accept_remote=accept_remote,
+        )
+
+    # -- what the handshake established ------------------------------------
+
+    @property
+    def handshake_done(self) -> bool:
+        return self._transport is not None
+
+    @property
+    def remote_static(self) -> bytes:
+        """The peer's authenticated static public key (after the handshake)."""
+        if self._transport is None or self._transport.remote_static is None:
+            raise RuntimeError("the handshake has not finished")
+        return self._transport.remote_static
+
+    @property
+    def handshake_hash(self) -> bytes:
+        """The Noise handshake hash ``h``: unique per session, equal on both ends."""
+        if self._transport is None:
+            raise RuntimeError("the handshake has not finished")
+        return self._transport.handshake_hash
+
+    # -- helpers -----------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._state is _State.CLOSED:
+            raise trio.ClosedResourceError("this SecureStream was closed")
+        if self._state is _State.BROKEN:
+            raise trio.BrokenResourceError("this SecureStream is broken")
+
+    async def _fail(self) -> None:
+        self._state = _State.BROKEN
+        await trio.aclose_forcefully(self.transport_stream)
+
+    async def _send_raw(self, data: bytes) -> None:
+        try:
+            await self.transport_stream.send_all(data)
+        except trio.ClosedResourceError:
+            raise
+        except BaseException:
+            # Cancelled or broken half way: the peer may hold part of a message.
+            if self._state is not _State.CLOSED:
+                self._state = _State.BROKEN
+            raise
+
+    async def _read_frame(self) -> bytes | None:
+        """The next length-prefixed message, or None at a clean end of stream."""
+        rbuf = self._rbuf
+        while True:
+            if len(rbuf) >= LENGTH_BYTES:
+                end = LENGTH_BYTES + ((rbuf[0] << 8) | rbuf[1])
+                if len(rbuf) >= end:
+                    body = bytes(rbuf[LENGTH_BYTES:end])
+                    del rbuf[:end]
+                    return body
+            chunk = await self.transport_stream.receive_some(RECEIVE_CHUNK)
+            if not chunk:
+                if rbuf:
+                    raise NoiseError  # cut in the middle of a message
+                return None
+            rbuf += chunk
+
+    def _opened(self) -> bool:
+        return self._transport is not None
+
+    async def _ensure_handshake(self) -> None:
+        if self._opened():
+            return
+        async with self._handshake_lock:
+            self._check_usable()
+            if self._opened():  # another task finished it meanwhile
+                return
+            await self._run_handshake()
+
+    async def _run_handshake(self) -> None:
+        hs = self._handshake
+        while not hs.is_finished:
+            if hs.is_my_turn:
+                message = hs.write_message(b"")
+                await self._send_raw(len(message).to_bytes(LENGTH_BYTES, "big") + message)
+            else:
+                body = await self._read_frame()
+                if body is None:
+                    raise trio.BrokenResourceError(
+                        "peer closed the connection during the handshake"
+                    )
+                hs.read_message(body)
+            if not self._remote_checked and hs.remote_static is not None:
+                self._remote_checked = True
+                if self._accept_remote is not None and not self._accept_remote(hs.remote_static):
+                    raise NoiseError
+        self._transport = hs.split()
+        self._state = _State.OPEN
+
+    # -- trio.abc.Stream ---------------------------------------------------
+
+    async def do_handshake(self) -> None:
+        """Run the handshake now (it also runs implicitly on first use).
+
+        Idempotent. No timeout: the caller bounds it.
+        """
+        try:
+            await self._ensure_handshake()
+        except NoiseError:
+            await self._fail()
+            raise
+        await trio.lowlevel.checkpoint()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._send_guard:
+            self._check_usable()
+            try:
+                await self._ensure_handshake()
+                view = memoryview(data).cast("B")
+                if not view:
+                    await trio.lowlevel.checkpoint()
+                    return
+                transport = self._transport
+                assert transport is not None
+                encrypt = transport.encrypt
+                step = MAX_PLAINTEXT
+                batch = step * SEND_BATCH
+                for start in range(0, len(view), batch):
+                    parts: list[bytes] = []
+                    for offset in range(start, min(start + batch, len(view)), step):
+                        ciphertext = encrypt(view[offset : offset + step].tobytes())
+                        parts.append(len(ciphertext).to_bytes(LENGTH_BYTES, "big"))
+                        parts.append(ciphertext)
+                    await self._send_raw(b"".join(parts))
+            except NoiseError:
+                await self._fail()
+                raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._send_guard:
+            self._check_usable()
+            if self._state is not _State.OPEN:
+                # The handshake (maybe running in a receiving task) owns the
+                # transport; sending will start with it, so "might not block".
+                await trio.lowlevel.checkpoint()
+                return
+            await self.transport_stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        with self._receive_guard:
+            self._check_usable()
+            try:
+                await self._ensure_handshake()
+                return await self._receive_plaintext(max_bytes)
+            except NoiseError:
+                await self._fail()
+                raise
+
+    async def _receive_plaintext(self, max_bytes: int | None) -> bytes:
+        plain = self._plain
+        if plain:
+            await trio.lowlevel.checkpoint()
+        else:
+            transport = self._transport
+            assert transport is not None
+            while not plain:
+                if self._eof:
+                    await trio.lowlevel.checkpoint()
+                    return b""
+                body = await self._read_frame()
+                if body is None:
+                    self._eof = True
+                    return b""
+                decrypted = transport.decrypt(body)
+                if decrypted and (max_bytes is None or len(decrypted) <= max_bytes):
+                    return decrypted  # the common case: no extra copy
+                plain += decrypted
+        if max_bytes is None or max_bytes >= len(plain):
+            out = bytes(plain)
+            plain.clear()
+        else:
+            out = bytes(plain[:max_bytes])
+            del plain[:max_bytes]
+        return out
+
+    async def aclose(self) -> None:
+        """Close this stream and its transport (idempotent, works when cancelled)."""
+        self._state = _State.CLOSED
+        self._plain.clear()
+        await self.transport_stream.aclose()
