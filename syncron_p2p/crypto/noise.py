@@ -145,12 +145,11 @@ def hkdf(chaining_key: bytes, input_key_material: bytes, num_outputs: int) -> li
 class CipherState:
     """Section 5.1: a key ``k`` (or none) and a 64-bit nonce ``n``."""
 
-    __slots__ = ("_dead", "k", "n")
+    __slots__ = ("k", "n")
 
     def __init__(self, key: bytes | None = None) -> None:
         self.k: bytes | None = None
         self.n = 0
-        self._dead = False
         if key is not None:
             self.initialize_key(key)
 
@@ -170,8 +169,7 @@ class CipherState:
         self.n = nonce
 
     def _next_nonce(self) -> bytes:
-        if self._dead or self.n >= MAX_NONCE:
-            self._dead = True
+        if self.n >= MAX_NONCE:
             raise NoiseError
         return _NONCE.pack(self.n)
 
@@ -399,13 +397,21 @@ class TransportState:
 
     :meth:`encrypt` and :meth:`decrypt` handle whole Noise transport messages
     (at most :data:`MAX_MESSAGE` bytes including the 16-byte tag) with empty
-    associated data. A failed :meth:`decrypt` leaves the receive nonce
-    unchanged, so a forged, replayed or reordered message never desynchronises
-    a channel the caller might still (wrongly) keep; the caller is expected to
-    close it anyway.
+    associated data. After one failed :meth:`decrypt` (forged, replayed,
+    reordered, cut or over-long message) every later :meth:`decrypt` fails
+    too: the receiving direction is dead and the caller must close the
+    channel. A failed :meth:`encrypt` (plaintext too long, nonce exhausted)
+    raises :class:`NoiseError` as well.
     """
 
-    __slots__ = ("handshake_hash", "initiator", "recv_cipher", "remote_static", "send_cipher")
+    __slots__ = (
+        "_dead",
+        "handshake_hash",
+        "initiator",
+        "recv_cipher",
+        "remote_static",
+        "send_cipher",
+    )
 
     def __init__(
         self,
@@ -420,6 +426,7 @@ class TransportState:
         self.handshake_hash = handshake_hash
         self.remote_static = remote_static
         self.initiator = initiator
+        self._dead = False
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """One transport message for ``plaintext`` (at most :data:`MAX_PLAINTEXT` bytes)."""
@@ -429,9 +436,14 @@ class TransportState:
 
     def decrypt(self, message: bytes) -> bytes:
         """The plaintext of one received transport message, or :class:`NoiseError`."""
-        if not TAGLEN <= len(message) <= MAX_MESSAGE:
+        if self._dead or not TAGLEN <= len(message) <= MAX_MESSAGE:
+            self._dead = True
             raise NoiseError
-        return self.recv_cipher.decrypt_with_ad(b"", message)
+        try:
+            return self.recv_cipher.decrypt_with_ad(b"", message)
+        except NoiseError:
+            self._dead = True
+            raise
 
     def rekey_send(self) -> None:
         self.send_cipher.rekey()
