@@ -10,3 +10,7 @@ def register_all(app: typer.Typer) -> None:
     from syncron_p2p.commands import scan
 
     scan.register(app)
+
+    from syncron_p2p.commands import mesh
+
+    mesh.register(app)
