@@ -521,3 +521,25 @@ async def test_stream_closes_on_nonce_exhaustion() -> None:
     with pytest.raises(trio.BrokenResourceError):
         await left.send_all(b"again")
     assert await right.receive_some() == b""  # the channel was closed
+
+
+def test_zero_copy_paths_match_the_spec_paths() -> None:
+    a, b = transport_pair()
+    a2, b2 = transport_pair()
+    for size in (0, 1, 1000, MAX_PLAINTEXT):
+        plaintext = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        expected = a.encrypt(plaintext)
+        out = bytearray(3 + len(expected))
+        n = a2.encrypt_into(memoryview(plaintext), out, 3)
+        assert bytes(out[3 : 3 + n]) == expected
+        assert b.decrypt(expected) == plaintext
+        assert b2.decrypt_in_place(out, 3, 3 + n) == size
+        assert bytes(out[3 : 3 + size]) == plaintext
+    with pytest.raises(NoiseError):
+        a2.encrypt_into(b"x" * (MAX_PLAINTEXT + 1), bytearray(MAX_MESSAGE + 20), 0)
+    forged = bytearray(a.encrypt(b"forged"))
+    forged[0] ^= 1
+    with pytest.raises(NoiseError):
+        b2.decrypt_in_place(forged, 0, len(forged))
+    with pytest.raises(NoiseError):  # the direction is dead now
+        b2.decrypt_in_place(bytearray(a2.encrypt(b"ok")), 0, 18)

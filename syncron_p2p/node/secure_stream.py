@@ -47,6 +47,7 @@ from types import TracebackType
 import trio
 
 from syncron_p2p.crypto.noise import (
+    MAX_MESSAGE,
     MAX_PLAINTEXT,
     HandshakeState,
     KeyPair,
@@ -116,6 +117,7 @@ class SecureStream(trio.abc.Stream):
         self._send_guard = _Guard("sending on")
         self._receive_guard = _Guard("receiving from")
         self._rbuf = bytearray()
+        self._wbuf: bytearray | None = None  # allocated on first send
         self._plain = bytearray()
         self._eof = False
 
@@ -168,7 +170,7 @@ class SecureStream(trio.abc.Stream):
         self._state = _State.BROKEN
         await trio.aclose_forcefully(self.transport_stream)
 
-    async def _send_raw(self, data: bytes) -> None:
+    async def _send_raw(self, data: bytes | memoryview) -> None:
         try:
             await self.transport_stream.send_all(data)
         except trio.ClosedResourceError:
@@ -179,22 +181,32 @@ class SecureStream(trio.abc.Stream):
                 self._state = _State.BROKEN
             raise
 
-    async def _read_frame(self) -> bytes | None:
-        """The next length-prefixed message, or None at a clean end of stream."""
+    async def _fill_frame(self) -> int | None:
+        """Buffer a whole length-prefixed message at the start of ``_rbuf``.
+
+        Returns its end offset, or None at a clean end of stream.
+        """
         rbuf = self._rbuf
         while True:
             if len(rbuf) >= LENGTH_BYTES:
                 end = LENGTH_BYTES + ((rbuf[0] << 8) | rbuf[1])
                 if len(rbuf) >= end:
-                    body = bytes(rbuf[LENGTH_BYTES:end])
-                    del rbuf[:end]
-                    return body
+                    return end
             chunk = await self.transport_stream.receive_some(RECEIVE_CHUNK)
             if not chunk:
                 if rbuf:
                     raise NoiseError  # cut in the middle of a message
                 return None
             rbuf += chunk
+
+    async def _read_frame(self) -> bytes | None:
+        """The next length-prefixed message, or None at a clean end of stream."""
+        end = await self._fill_frame()
+        if end is None:
+            return None
+        body = bytes(memoryview(self._rbuf)[LENGTH_BYTES:end])
+        del self._rbuf[:end]
+        return body
 
     def _opened(self) -> bool:
         return self._transport is not None
@@ -253,19 +265,35 @@ class SecureStream(trio.abc.Stream):
                     return
                 transport = self._transport
                 assert transport is not None
-                encrypt = transport.encrypt
-                step = MAX_PLAINTEXT
-                batch = step * SEND_BATCH
-                for start in range(0, len(view), batch):
-                    parts: list[bytes] = []
-                    for offset in range(start, min(start + batch, len(view)), step):
-                        ciphertext = encrypt(view[offset : offset + step].tobytes())
-                        parts.append(len(ciphertext).to_bytes(LENGTH_BYTES, "big"))
-                        parts.append(ciphertext)
-                    await self._send_raw(b"".join(parts))
+                await self._send_encrypted(transport, view)
             except NoiseError:
                 await self._fail()
                 raise
+
+    async def _send_encrypted(self, transport: TransportState, view: memoryview) -> None:
+        # Encrypt up to SEND_BATCH messages straight into one reused buffer
+        # (length prefix, then ciphertext), and hand it to the transport in a
+        # single send_all: no per-message allocation or copy. trio streams
+        # copy or send the data before send_all returns, so reuse is safe.
+        if self._wbuf is None:
+            self._wbuf = bytearray(SEND_BATCH * (LENGTH_BYTES + MAX_MESSAGE))
+        wbuf = self._wbuf
+        step = MAX_PLAINTEXT
+        total = len(view)
+        offset = 0
+        while offset < total:
+            pos = 0
+            for _ in range(SEND_BATCH):
+                if offset >= total:
+                    break
+                piece = view[offset : offset + step]
+                size = transport.encrypt_into(piece, wbuf, pos + LENGTH_BYTES)
+                wbuf[pos] = size >> 8
+                wbuf[pos + 1] = size & 0xFF
+                pos += LENGTH_BYTES + size
+                offset += len(piece)
+            with memoryview(wbuf) as out:
+                await self._send_raw(out[:pos])
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_guard:
@@ -298,25 +326,33 @@ class SecureStream(trio.abc.Stream):
         else:
             transport = self._transport
             assert transport is not None
+            rbuf = self._rbuf
             while not plain:
                 if self._eof:
                     await trio.lowlevel.checkpoint()
                     return b""
-                body = await self._read_frame()
-                if body is None:
+                end = await self._fill_frame()
+                if end is None:
                     self._eof = True
                     return b""
-                decrypted = transport.decrypt(body)
-                if decrypted and (max_bytes is None or len(decrypted) <= max_bytes):
-                    return decrypted  # the common case: no extra copy
-                plain += decrypted
+                # Decrypt in place inside the receive buffer, copy out once.
+                size = transport.decrypt_in_place(rbuf, LENGTH_BYTES, end)
+                with memoryview(rbuf) as view:
+                    if size and (max_bytes is None or size <= max_bytes):
+                        out = bytes(view[LENGTH_BYTES : LENGTH_BYTES + size])
+                    else:
+                        out = b""
+                        plain += view[LENGTH_BYTES : LENGTH_BYTES + size]
+                del rbuf[:end]
+                if out:
+                    return out
         if max_bytes is None or max_bytes >= len(plain):
-            out = bytes(plain)
+            result = bytes(plain)
             plain.clear()
         else:
-            out = bytes(plain[:max_bytes])
+            result = bytes(memoryview(plain)[:max_bytes])
             del plain[:max_bytes]
-        return out
+        return result
 
     async def aclose(self) -> None:
         """Close this stream and its transport (idempotent, works when cancelled)."""

@@ -1,0 +1,129 @@
+"""SecureStream throughput (not a test).
+
+Measures, in one run:
+
+1. the bare PyNaCl ChaCha20-Poly1305 IETF rate: encrypt + decrypt of
+   65519-byte messages (the largest a Noise transport message carries) in one
+   process, i.e. the crypto work per byte that a channel has to do;
+2. plain trio TCP between two processes over 127.0.0.1;
+3. SecureStream (mesh handshake, then transport) between two processes over
+   127.0.0.1.
+
+The receiver runs in a child process; the sender times from the first byte
+to the receiver's one-byte acknowledgement that everything arrived.
+
+    .venv/bin/python benchmarks/bench_secure_stream.py [--mib 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio  # noqa: E402
+from nacl.bindings import (  # noqa: E402
+    crypto_aead_chacha20poly1305_ietf_decrypt,
+    crypto_aead_chacha20poly1305_ietf_encrypt,
+)
+
+from syncron_p2p.crypto.noise import MAX_PLAINTEXT, keypair_from_private  # noqa: E402
+from syncron_p2p.node.secure_stream import SecureStream  # noqa: E402
+
+SECRET = bytes(range(32))
+SERVER_KEY = keypair_from_private(bytes([7]) * 32)
+CLIENT_KEY = keypair_from_private(bytes([9]) * 32)
+SEND_CHUNK = 1 << 20
+
+
+def bare_aead(total: int) -> float:
+    key = os.urandom(32)
+    message = os.urandom(MAX_PLAINTEXT)
+    n = total // MAX_PLAINTEXT
+    start = time.perf_counter()
+    for i in range(n):
+        nonce = b"\x00\x00\x00\x00" + i.to_bytes(8, "little")
+        ct = crypto_aead_chacha20poly1305_ietf_encrypt(message, None, nonce, key)
+        crypto_aead_chacha20poly1305_ietf_decrypt(ct, None, nonce, key)
+    elapsed = time.perf_counter() - start
+    return n * MAX_PLAINTEXT / elapsed
+
+
+async def serve(mode: str, total: int) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    print(port, flush=True)
+    raw = await listeners[0].accept()
+    stream: trio.abc.Stream = raw
+    if mode == "secure":
+        stream = SecureStream.mesh(raw, initiator=False, static=SERVER_KEY, mesh_secret=SECRET)
+        await stream.do_handshake()
+    got = 0
+    while got < total:
+        chunk = await stream.receive_some()
+        if not chunk:
+            raise SystemExit("sender went away early")
+        got += len(chunk)
+    await stream.send_all(b"k")
+    await stream.aclose()
+
+
+async def send(mode: str, total: int) -> float:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", mode, "--bytes", str(total)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    raw = await trio.open_tcp_stream("127.0.0.1", port)
+    stream: trio.abc.Stream = raw
+    if mode == "secure":
+        stream = SecureStream.mesh(raw, initiator=True, static=CLIENT_KEY, mesh_secret=SECRET)
+        await stream.do_handshake()
+    data = memoryview(os.urandom(SEND_CHUNK))
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        piece = data[: min(SEND_CHUNK, total - sent)]
+        await stream.send_all(piece)
+        sent += len(piece)
+    ack = await stream.receive_some(1)
+    elapsed = time.perf_counter() - start
+    assert ack == b"k"
+    await stream.aclose()
+    proc.wait(timeout=30)
+    return total / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=256, help="data per measurement")
+    parser.add_argument("--serve", choices=["plain", "secure"], help=argparse.SUPPRESS)
+    parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        trio.run(serve, args.serve, args.bytes)
+        return
+    total = args.mib << 20
+    bare = bare_aead(total)
+    plain = trio.run(send, "plain", total)
+    secure = trio.run(send, "secure", total)
+    mib = 1 << 20
+    print(f"{total // mib} MiB per measurement, {os.cpu_count()} CPUs\n")
+    print(f"{'measurement':<44}{'MiB/s':>10}")
+    print(f"{'bare ChaCha20-Poly1305 encrypt+decrypt':<44}{bare / mib:>10.0f}")
+    print(f"{'plain trio TCP, 2 processes, loopback':<44}{plain / mib:>10.0f}")
+    print(f"{'SecureStream, 2 processes, loopback':<44}{secure / mib:>10.0f}")
+    print()
+    print(f"SecureStream / bare AEAD : {secure / bare:6.1%}   (target >= 80%)")
+    print(f"SecureStream / plain TCP : {secure / plain:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
