@@ -26,14 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import trio  # noqa: E402
-from nacl.bindings import (  # noqa: E402
+import trio
+from nacl.bindings import (
     crypto_aead_chacha20poly1305_ietf_decrypt,
     crypto_aead_chacha20poly1305_ietf_encrypt,
 )
 
-from syncron_p2p.crypto.noise import MAX_PLAINTEXT, keypair_from_private  # noqa: E402
-from syncron_p2p.node.secure_stream import SecureStream  # noqa: E402
+from syncron_p2p.crypto.noise import MAX_PLAINTEXT, keypair_from_private
+from syncron_p2p.node.secure_stream import SecureStream
 
 SECRET = bytes(range(32))
 SERVER_KEY = keypair_from_private(bytes([7]) * 32)
@@ -73,14 +73,7 @@ async def serve(mode: str, total: int) -> None:
     await stream.aclose()
 
 
-async def send(mode: str, total: int) -> float:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", mode, "--bytes", str(total)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline())
+async def send(port: int, mode: str, total: int) -> float:
     raw = await trio.open_tcp_stream("127.0.0.1", port)
     stream: trio.abc.Stream = raw
     if mode == "secure":
@@ -97,8 +90,21 @@ async def send(mode: str, total: int) -> float:
     elapsed = time.perf_counter() - start
     assert ack == b"k"
     await stream.aclose()
-    proc.wait(timeout=30)
     return total / elapsed
+
+
+def measure(mode: str, total: int) -> float:
+    """Throughput of ``mode`` with the receiver in a child process."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", mode, "--bytes", str(total)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    rate = trio.run(send, port, mode, total)
+    proc.wait(timeout=30)
+    return rate
 
 
 def main() -> None:
@@ -112,8 +118,8 @@ def main() -> None:
         return
     total = args.mib << 20
     bare = bare_aead(total)
-    plain = trio.run(send, "plain", total)
-    secure = trio.run(send, "secure", total)
+    plain = measure("plain", total)
+    secure = measure("secure", total)
     mib = 1 << 20
     print(f"{total // mib} MiB per measurement, {os.cpu_count()} CPUs\n")
     print(f"{'measurement':<44}{'MiB/s':>10}")
