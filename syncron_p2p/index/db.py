@@ -290,7 +290,10 @@ class Index:
                         " WHERE path=?",
                         (*fpv, rec.path),
                     )
-                    stored.append(rec)
+                    row = cur.execute(
+                        "SELECT sequence FROM records WHERE path=?", (rec.path,)
+                    ).fetchone()
+                    stored.append(_with_sequence(rec, int(row[0])))
                     continue
                 seq = self._next_seq
                 self._next_seq += 1

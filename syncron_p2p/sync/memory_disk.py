@@ -65,6 +65,7 @@ class MemoryDisk:
     def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """A user (or the sim) writes a file, creating parent directories."""
         validate(path)
+        self._not_a_directory(path)
         self._parents(path)
         self.entries[path] = _Entry(EntryType.FILE, data, mode, "", self._stamp(len(data)))
 
@@ -75,6 +76,7 @@ class MemoryDisk:
 
     def symlink(self, path: str, target: str) -> None:
         validate(path)
+        self._not_a_directory(path)
         self._parents(path)
         self.entries[path] = _Entry(EntryType.SYMLINK, target=target, mode=0o777)
 
@@ -91,19 +93,28 @@ class MemoryDisk:
         for p, e in moved.items():
             self.entries[dst + p[len(src) :]] = e
 
+    def _not_a_directory(self, path: str) -> None:
+        e = self.entries.get(path)
+        if e is not None and e.type == EntryType.DIRECTORY:
+            raise LocalChanged(f"{path} is a directory")
+
     def read(self, path: str) -> bytes | None:
         e = self.entries.get(path)
         return e.data if e is not None and e.type == EntryType.FILE else None
 
     def _parents(self, path: str) -> None:
+        """Create missing ancestors; all or nothing, like ``mkdir -p`` failing early."""
+        missing: list[str] = []
         d = parent(path)
         while d:
             e = self.entries.get(d)
             if e is None:
-                self.entries[d] = _Entry(EntryType.DIRECTORY, mode=0o755)
+                missing.append(d)
             elif e.type != EntryType.DIRECTORY:
                 raise LocalChanged(f"{d} is not a directory")
             d = parent(d)
+        for d in missing:
+            self.entries[d] = _Entry(EntryType.DIRECTORY, mode=0o755)
 
     # --------------------------------------------------------------- scan
 
@@ -271,7 +282,8 @@ class MemoryDisk:
         if dst in self.entries:
             raise LocalChanged(f"{dst} already exists")
         self._parents(dst)
-        self.entries[dst] = self.entries.pop(src)
+        for p in [p for p in self.entries if p == src or p.startswith(src + "/")]:
+            self.entries[dst + p[len(src) :]] = self.entries.pop(p)
         return self.observe(dst)  # type: ignore[return-value]
 
 

@@ -1,0 +1,189 @@
+"""The wire codec: exact round trips, and hostile bytes raise one error type."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncron_p2p.errors import RemoteProtocolError
+from syncron_p2p.index.records import Block, EntryType, Record
+from syncron_p2p.index.versions import VersionVector
+from syncron_p2p.protocol import codec
+from syncron_p2p.protocol.messages import (
+    BlockData,
+    BlockMissing,
+    BlockRequest,
+    Goodbye,
+    Hello,
+    Message,
+    NodeChildren,
+    NodeReply,
+    NodeRequest,
+    NodeSummary,
+    Ping,
+    Pong,
+    RangeRequest,
+    RecordRequest,
+    Records,
+    Root,
+)
+
+h32 = st.binary(min_size=32, max_size=32)
+text = st.text(max_size=40)
+opt = st.one_of(st.none(), text)
+u = st.integers(min_value=0, max_value=2**40)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> Record:
+    deleted = draw(st.booleans())
+    kind = draw(st.sampled_from(list(EntryType)))
+    sizes = draw(st.lists(st.integers(1, 1 << 20), max_size=4)) if kind == 0 and not deleted else []
+    blocks, off = [], 0
+    for s in sizes:
+        blocks.append(Block(off, s, draw(h32)))
+        off += s
+    actors = draw(st.dictionaries(st.text(min_size=1, max_size=10), st.integers(1, 99), max_size=4))
+    return Record(
+        path=draw(st.text(min_size=1, max_size=30)),
+        type=kind,
+        size=off if kind == 0 and not deleted else draw(u),
+        mode=draw(st.integers(0, 0o7777)),
+        content_hash=draw(h32),
+        version=VersionVector.of(actors),
+        deleted=deleted,
+        blocks=tuple(blocks),
+        target=draw(text),
+        origin=draw(text),
+        origin_sum=draw(u),
+    )
+
+
+messages = st.one_of(
+    st.builds(Hello, u, u, text, text, st.lists(text, max_size=3).map(tuple)),
+    st.builds(Goodbye, text),
+    st.builds(Ping, u),
+    st.builds(Pong, u),
+    st.builds(Root, h32, u),
+    st.builds(NodeRequest, u, st.lists(st.tuples(st.integers(1, 8), opt), max_size=4).map(tuple)),
+    st.builds(
+        NodeReply,
+        u,
+        st.lists(
+            st.builds(
+                NodeChildren,
+                st.integers(1, 8),
+                opt,
+                opt,
+                st.booleans(),
+                st.lists(st.builds(NodeSummary, opt, h32, u), max_size=3).map(tuple),
+            ),
+            max_size=3,
+        ).map(tuple),
+    ),
+    st.builds(RangeRequest, u, opt, opt),
+    st.builds(RecordRequest, u, st.lists(text, max_size=4).map(tuple)),
+    st.builds(Records, u, st.lists(records(), max_size=3).map(tuple), st.booleans()),
+    st.builds(BlockRequest, u, text, h32, u, st.integers(0, 1 << 20), h32),
+    st.builds(BlockData, u, st.binary(max_size=300)),
+    st.builds(BlockMissing, u),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages)
+def test_every_message_round_trips(msg: Message) -> None:
+    decoder = codec.Decoder()
+    decoder.feed(codec.encode(msg))
+    assert decoder.next() == msg
+    assert decoder.next() is None and decoder.buffered == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(messages, min_size=1, max_size=5), st.integers(1, 7))
+def test_streaming_in_arbitrary_pieces(msgs: list[Message], piece: int) -> None:
+    data = b"".join(codec.encode(m) for m in msgs)
+    decoder = codec.Decoder()
+    out: list[Message] = []
+    for i in range(0, len(data), piece):
+        decoder.feed(data[i : i + piece])
+        while (m := decoder.next()) is not None:
+            out.append(m)
+    assert out == msgs
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=200))
+def test_hostile_bodies_raise_only_remote_protocol_error(body: bytes) -> None:
+    try:
+        codec.decode_body(body)
+    except RemoteProtocolError:
+        pass
+
+
+msgpack_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.text(max_size=8),
+        st.binary(max_size=40),
+        st.floats(),
+    ),
+    lambda inner: st.lists(inner, max_size=12),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.integers(0, 16), msgpack_values)
+def test_wellformed_msgpack_with_wrong_shapes_is_rejected_cleanly(
+    type_id: int, rest: object
+) -> None:
+    body = msgpack.packb([type_id, *rest] if isinstance(rest, list) else [type_id, rest])
+    try:
+        codec.decode_body(body)
+    except RemoteProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages, st.data())
+def test_mutated_frames_raise_only_remote_protocol_error(msg: Message, data: st.DataObject) -> None:
+    frame = bytearray(codec.encode(msg))
+    i = data.draw(st.integers(codec.HEADER, len(frame) - 1))
+    frame[i] ^= data.draw(st.integers(1, 255))
+    try:
+        codec.decode_body(bytes(frame[codec.HEADER :]))
+    except RemoteProtocolError:
+        pass
+
+
+def test_huge_length_field_is_refused_before_allocation() -> None:
+    decoder = codec.Decoder()
+    decoder.feed((codec.MAX_FRAME + 1).to_bytes(4, "big"))
+    with pytest.raises(RemoteProtocolError, match="frame length"):
+        decoder.next()
+
+
+def test_records_must_be_internally_consistent() -> None:
+    good = Record(
+        "a",
+        EntryType.FILE,
+        3,
+        0o644,
+        b"\0" * 32,
+        VersionVector.of({"x": 1}),
+        blocks=(Block(0, 3, b"\1" * 32),),
+    )
+    body = codec._body(Records(1, (good,), True))
+    wire = codec.encode_record(good)
+    wire[2] = 4  # size no longer matches the blocks
+    with pytest.raises(RemoteProtocolError, match="add up"):
+        codec.decode_body(msgpack.packb([10, body[0], [wire], True]))
+    wire = codec.encode_record(good)
+    wire[9] = [["b", 1], ["a", 1]]  # unsorted vector
+    with pytest.raises(RemoteProtocolError, match="canonical"):
+        codec.decode_body(msgpack.packb([10, body[0], [wire], True]))

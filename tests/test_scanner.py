@@ -1,0 +1,247 @@
+"""The incremental scanner against real temp folders."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from syncron_p2p.index import scanner as scanner_mod
+from syncron_p2p.index.blocks import FileDigest
+from syncron_p2p.index.db import Index
+from syncron_p2p.index.records import EntryType
+from syncron_p2p.index.scanner import Scanner
+
+NODE = "TESTNODE"
+
+
+def scan(folder: Path, index: Index, **kw: object) -> scanner_mod.ScanResult:
+    return Scanner(folder, index, **kw).scan()  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "sync"
+    root.mkdir()
+    return root
+
+
+def test_first_scan_records_everything(folder: Path) -> None:
+    (folder / "a.txt").write_bytes(b"alpha")
+    (folder / "sub" / "deep").mkdir(parents=True)
+    (folder / "sub" / "deep" / "b.bin").write_bytes(os.urandom(300_000))
+    (folder / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (folder / "run.sh").chmod(0o755)
+    os.symlink("a.txt", folder / "link")
+    with Index.open(folder, NODE) as index:
+        result = scan(folder, index)
+        assert result.files == 3 and result.directories == 2 and result.symlinks == 1
+        assert result.hashed_files == 3 and not result.errors
+        rec = index.get("sub/deep/b.bin")
+        assert rec is not None and rec.size == 300_000 and len(rec.blocks) >= 1
+        assert index.get("run.sh").mode == 0o755  # type: ignore[union-attr]
+        assert index.get("a.txt").mode == 0o644  # type: ignore[union-attr]
+        link = index.get("link")
+        assert link is not None and link.type == EntryType.SYMLINK and link.target == "a.txt"
+        assert (folder / ".syncron").is_dir() and index.get(".syncron") is None
+        assert all(r.version.get(index.actor) == 1 for r in index.all())
+
+
+def test_unchanged_rescan_hashes_nothing_and_keeps_versions(folder: Path) -> None:
+    for i in range(30):
+        (folder / f"f{i}.txt").write_text(f"file {i}")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        before = {r.path: (r.version, r.sequence) for r in index.all()}
+        root = index.merkle.root()
+        again = scan(folder, index)
+        assert again.hashed_files == 0 and not again.changed
+        assert {r.path: (r.version, r.sequence) for r in index.all()} == before
+        assert index.merkle.root() == root
+
+
+def test_one_byte_edit_rehashes_exactly_that_file(folder: Path) -> None:
+    for i in range(20):
+        (folder / f"f{i}.txt").write_text(f"file {i}")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        old = index.get("f7.txt")
+        (folder / "f7.txt").write_text("file 8")  # same size, one byte differs
+        result = scan(folder, index)
+        assert result.hashed_files == 1
+        assert [r.path for r in result.changed] == ["f7.txt"]
+        new = index.get("f7.txt")
+        assert old is not None and new is not None
+        assert new.version.get(index.actor) == old.version.get(index.actor) + 1
+
+
+def test_touch_without_change_keeps_version(folder: Path) -> None:
+    (folder / "same.txt").write_text("content")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        v = index.get("same.txt").version  # type: ignore[union-attr]
+        os.utime(folder / "same.txt", ns=(1, 1))
+        result = scan(folder, index)
+        assert result.hashed_files == 1 and not result.changed
+        assert index.get("same.txt").version == v  # type: ignore[union-attr]
+
+
+def test_deletion_becomes_tombstone_with_bumped_vector(folder: Path) -> None:
+    (folder / "d").mkdir()
+    (folder / "d" / "x.txt").write_text("x")
+    (folder / "y.txt").write_text("y")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        (folder / "d" / "x.txt").unlink()
+        (folder / "d").rmdir()
+        (folder / "y.txt").unlink()
+        result = scan(folder, index)
+        dead = {r.path for r in result.changed if r.deleted}
+        assert dead == {"d", "d/x.txt", "y.txt"}
+        assert index.get("y.txt").version.get(index.actor) == 2  # type: ignore[union-attr]
+        # recreating after deletion supersedes the tombstone
+        (folder / "y.txt").write_text("back")
+        scan(folder, index)
+        y = index.get("y.txt")
+        assert y is not None and not y.deleted and y.version.get(index.actor) == 3
+
+
+def test_gitignore_and_git_dirs_are_honoured(folder: Path) -> None:
+    (folder / ".gitignore").write_text("*.log\nbuild/\n!keep.log\n")
+    (folder / "a.log").write_text("no")
+    (folder / "keep.log").write_text("yes")
+    (folder / "build").mkdir()
+    (folder / "build" / "out.o").write_text("no")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref")
+    (folder / "src").mkdir()
+    (folder / "src" / ".gitignore").write_text("secret.txt\n")
+    (folder / "src" / "secret.txt").write_text("no")
+    (folder / "src" / "main.py").write_text("yes")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        paths = {r.path for r in index.all()}
+        assert paths == {".gitignore", "keep.log", "src", "src/.gitignore", "src/main.py"}
+
+
+def test_special_and_bad_names_are_reported_not_fatal(folder: Path) -> None:
+    os.mkfifo(folder / "pipe")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(folder / "sock"))
+        fd = os.open(os.fsencode(folder) + b"/bad\xffname", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.close(fd)
+        os.symlink("loop2", folder / "loop1")
+        os.symlink("loop1", folder / "loop2")
+        (folder / "ok.txt").write_text("fine")
+        with Index.open(folder, NODE) as index:
+            result = scan(folder, index)
+            reasons = {e.path: e.reason for e in result.errors}
+            assert "fifo" in reasons["pipe"] and "socket" in reasons["sock"]
+            assert any("UTF-8" in r for r in reasons.values())
+            assert index.get("ok.txt") is not None
+            assert index.get("loop1").type == EntryType.SYMLINK  # type: ignore[union-attr]
+    finally:
+        sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a device node needs root")
+def test_device_node_is_skipped(folder: Path) -> None:
+    os.mknod(folder / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    with Index.open(folder, NODE) as index:
+        result = scan(folder, index)
+        assert [e.path for e in result.errors] == ["null"]
+        assert "device" in result.errors[0].reason
+
+
+def test_unreadable_file_and_directory_are_reported_and_not_tombstoned(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (folder / "locked").mkdir()
+    (folder / "locked" / "inner.txt").write_text("inner")
+    (folder / "secret.txt").write_text("secret")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        (folder / "secret.txt").write_text("changed!")  # forces a rehash
+        real_scandir = os.scandir
+        real_hash = scanner_mod.hash_file
+
+        def scandir(path: str) -> object:
+            if str(path).endswith("locked"):
+                raise PermissionError(13, "Permission denied")
+            return real_scandir(path)
+
+        def hash_file(path: str) -> FileDigest:
+            if str(path).endswith("secret.txt"):
+                raise PermissionError(13, "Permission denied")
+            return real_hash(path)
+
+        monkeypatch.setattr(scanner_mod.os, "scandir", scandir)
+        monkeypatch.setattr(scanner_mod, "hash_file", hash_file)
+        result = scan(folder, index)
+        reasons = {e.path: e.reason for e in result.errors}
+        assert "cannot list" in reasons["locked"] and "cannot read" in reasons["secret.txt"]
+        assert not index.get("locked/inner.txt").deleted  # type: ignore[union-attr]
+        assert not index.get("secret.txt").deleted  # type: ignore[union-attr]
+
+
+def test_file_changing_while_hashed_is_rescanned(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = folder / "busy.bin"
+    target.write_bytes(b"one" * 1000)
+    real_hash = scanner_mod.hash_file
+    calls = {"n": 0}
+
+    def hash_file(path: str) -> FileDigest:
+        calls["n"] += 1
+        digest = real_hash(path)
+        if calls["n"] == 1:
+            target.write_bytes(b"two!" * 1000)  # changes after being read
+        return digest
+
+    monkeypatch.setattr(scanner_mod, "hash_file", hash_file)
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        rec = index.get("busy.bin")
+        assert calls["n"] == 2
+        assert rec is not None and rec.size == 4000
+        assert rec.content_hash == real_hash(target).content_hash
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-c]{1,2}(/[a-c]{1,2}){0,2}", fullmatch=True),
+        st.binary(max_size=64),
+        max_size=12,
+    )
+)
+def test_root_is_independent_of_scan_order(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes]
+) -> None:
+    made: dict[str, bytes] = {}
+    for rel, data in sorted(files.items()):
+        parts = rel.split("/")
+        # skip a path whose ancestor is already a file
+        if not any("/".join(parts[:i]) in made for i in range(1, len(parts))):
+            made[rel] = data
+    made = {r: d for r, d in made.items() if not any(p.startswith(r + "/") for p in made)}
+    roots = set()
+    for attempt in range(2):
+        root = tmp_path_factory.mktemp("order")
+        for rel, data in sorted(made.items(), reverse=bool(attempt)):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+        with Index.open(root, NODE) as index:
+            # the same actor on both sides: an index epoch is random, so pin it
+            index.actor = "NODE.fixed"
+            roots.add(Scanner(root, index, workers=1 + attempt).scan().merkle_root)
+    assert len(roots) == 1
