@@ -234,6 +234,20 @@ def _load_key(path: Path) -> KeyPair:
     return keypair_from_private(private)
 
 
+def load_or_create_identity(folder: Path, random: Callable[[int], bytes] = os.urandom) -> KeyPair:
+    """This node's static key for ``folder``, created (0600) on first use.
+
+    A node has an identity from its first scan, before it joins any mesh;
+    ``init``/``join`` then adopt it, so the node id never changes.
+    """
+    path = state_dir(folder) / KEY_FILE
+    if path.exists():
+        return _load_key(path)
+    static = keypair_from_private(random(32))
+    write_private_file(path, static.private.hex().encode() + b"\n")
+    return static
+
+
 class Mesh:
     """This node's identity and mesh membership, for one folder."""
 
@@ -283,8 +297,8 @@ class Mesh:
 
     @staticmethod
     def exists(folder: Path) -> bool:
-        sdir = state_dir(folder, create=False)
-        return (sdir / MESH_FILE).exists() or (sdir / KEY_FILE).exists()
+        """True once the folder belongs to a mesh (an identity alone is not a mesh)."""
+        return (state_dir(folder, create=False) / MESH_FILE).exists()
 
     @classmethod
     def create(
@@ -316,12 +330,11 @@ class Mesh:
             raise UsageError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         if cls.exists(folder):
             raise UsageError(
-                f"{folder} already has a node identity or mesh in {state_dir(folder, False)}; "
-                "refusing to replace it"
+                f"{folder} already belongs to a mesh (see {state_dir(folder, False)});"
+                " refusing to replace it"
             )
         sdir = state_dir(folder)
-        static = keypair_from_private(random(32))
-        write_private_file(sdir / KEY_FILE, static.private.hex().encode() + b"\n")
+        static = load_or_create_identity(folder, random)
         mesh = cls(
             folder,
             static,
@@ -351,7 +364,7 @@ class Mesh:
         """The mesh of ``folder``; :class:`ConfigError` if missing or corrupt."""
         sdir = state_dir(folder, create=False)
         path = sdir / MESH_FILE
-        if not path.exists() and not (sdir / KEY_FILE).exists():
+        if not path.exists():
             raise ConfigError(
                 f"{folder} is not set up: no mesh in {sdir} (run `syncron-p2p init {folder}`)"
             )

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from syncron_p2p.commands import mesh, scan
+
 
 def register_all(app: typer.Typer) -> None:
     """Attach every command module's commands to ``app``."""
-    from syncron_p2p.commands import scan
-
     scan.register(app)
-
-    from syncron_p2p.commands import mesh
-
     mesh.register(app)

@@ -384,11 +384,10 @@ class Engine:
         self._send(peer, Records(request_id, tuple(page), True))
 
     def _on_records(self, peer: str, state: PeerState, msg: Records) -> None:
-        if msg.request_id:
-            if msg.request_id in state.requests and msg.done:
-                del state.requests[msg.request_id]
-                if not state.requests:
-                    state.descent = None
+        if msg.request_id and msg.request_id in state.requests and msg.done:
+            del state.requests[msg.request_id]
+            if not state.requests:
+                state.descent = None
         for rec in msg.records:
             validate(rec.path)
             unsafe_link = not symlink_target_is_safe(rec.path, rec.target)

@@ -1,0 +1,112 @@
+"""``syncron-p2p scan FOLDER [--json] [--list]``: index a folder and report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from syncron_p2p.folder import check_folder
+from syncron_p2p.ids import node_id
+from syncron_p2p.index.db import Index
+from syncron_p2p.index.scanner import Scanner, ScanResult
+from syncron_p2p.mesh import load_or_create_identity
+
+
+def _summary(result: ScanResult, index: Index, with_entries: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "files": result.files,
+        "directories": result.directories,
+        "symlinks": result.symlinks,
+        "bytes": result.total_bytes,
+        "hashed_files": result.hashed_files,
+        "hashed_bytes": result.hashed_bytes,
+        "changed": len(result.changed),
+        "errors": [{"path": e.path, "reason": e.reason} for e in result.errors],
+        "merkle_root": result.merkle_root.hex(),
+        "node_id": index.node_id,
+    }
+    if with_entries:
+        out["entries"] = [
+            {
+                "path": r.path,
+                "type": r.type.name.lower(),
+                "size": r.size,
+                "hash": r.content_hash.hex(),
+                "deleted": r.deleted,
+            }
+            for r in index.all()
+        ]
+    return out
+
+
+def scan_folder(
+    folder: Path, *, show_progress: bool = False, sync_git: bool = False
+) -> tuple[ScanResult, dict[str, Any], Index]:
+    """Scan ``folder`` (creating its state on first use); the caller closes the index."""
+    root = check_folder(folder)
+    me = node_id(load_or_create_identity(root).public)
+    index = Index.open(root, me)
+    if not show_progress:
+        return Scanner(root, index, sync_git=sync_git).scan(), {}, index
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("scanning"),
+        BarColumn(bar_width=None),
+        TextColumn("{task.fields[entries]} entries, {task.fields[mib]:.0f} MiB hashed"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("scan", total=None, entries=0, mib=0.0)
+
+        def report(entries: int, hashed: int) -> None:
+            progress.update(task, entries=entries, mib=hashed / 2**20)
+
+        result = Scanner(root, index, sync_git=sync_git, progress=report).scan()
+    return result, {}, index
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def scan(
+        folder: Annotated[Path, typer.Argument(help="The folder to index.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        list_entries: Annotated[
+            bool, typer.Option("--list", help="Include every entry (path-sorted).")
+        ] = False,
+        sync_git: Annotated[
+            bool, typer.Option("--sync-git", help="Also index .git directories.")
+        ] = False,
+    ) -> None:
+        """Index FOLDER (incremental, honours .gitignore) and print its merkle root."""
+        result, _, index = scan_folder(
+            folder, show_progress=not as_json and sys.stderr.isatty(), sync_git=sync_git
+        )
+        try:
+            summary = _summary(result, index, list_entries)
+        finally:
+            index.close()
+        if as_json:
+            typer.echo(json.dumps(summary, indent=None))
+            return
+        typer.echo(
+            f"{summary['files']} files, {summary['directories']} directories,"
+            f" {summary['symlinks']} symlinks, {summary['bytes']} bytes"
+        )
+        typer.echo(
+            f"hashed {summary['hashed_files']} files ({summary['hashed_bytes']} bytes),"
+            f" {summary['changed']} changed"
+        )
+        for err in summary["errors"]:
+            typer.echo(f"skipped {err['path']}: {err['reason']}", err=True)
+        if list_entries:
+            for e in summary["entries"]:
+                mark = " (deleted)" if e["deleted"] else ""
+                typer.echo(f"{e['type']:9} {e['size']:>12} {e['hash'][:16]} {e['path']}{mark}")
+        typer.echo(f"merkle root {summary['merkle_root']}")
