@@ -1,0 +1,227 @@
+"""One authenticated connection to a peer: a reader task and a writer task.
+
+The node opens a TCP stream, wraps it in a
+:class:`~syncron_p2p.node.secure_stream.SecureStream`, runs the handshake
+(with a timeout: a non-member gets silence) and then hands the stream to a
+:class:`PeerConnection`:
+
+* the **reader** decodes frames with :class:`~syncron_p2p.protocol.codec.Decoder`
+  and passes each message to the node's callback (which feeds the engine);
+* the **writer** drains this connection's outbound queue of encoded
+  messages into the stream, coalescing small ones into one write.
+
+Outbound flow control. Messages are queued synchronously (under the node's
+engine lock, so their order is the engine's order) and counted in bytes.
+Above :data:`HIGH_WATER` the task that produced them waits
+(:meth:`PeerConnection.wait_writable`) until the queue falls under
+:data:`LOW_WATER` - except answers to this same peer, which the reader never
+waits for: a reader that stopped reading because its own peer is slow to read
+would deadlock two nodes that fetch from each other at once. Those answers are
+bounded by the protocol (the engine's request window), and a queue that still
+grows past :data:`HARD_LIMIT` means the peer does not read: it is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from syncron_p2p.crypto.noise import KeyPair, NoiseError
+from syncron_p2p.errors import RemoteProtocolError
+from syncron_p2p.node.secure_stream import SecureStream
+from syncron_p2p.protocol.codec import Decoder
+from syncron_p2p.protocol.messages import Message
+
+log = logging.getLogger("syncron.peer")
+
+HIGH_WATER = 8 * 1024 * 1024
+LOW_WATER = 2 * 1024 * 1024
+HARD_LIMIT = 256 * 1024 * 1024
+WRITE_BATCH = 512 * 1024
+RECEIVE_MAX = 256 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+
+OnMessage = Callable[["PeerConnection", Message], Awaitable[None]]
+
+
+class PeerConnection:
+    """A live, authenticated channel to ``peer_id``."""
+
+    def __init__(
+        self,
+        stream: SecureStream,
+        peer_id: str,
+        *,
+        address: str,
+        initiator_id: str,
+    ) -> None:
+        self.stream = stream
+        self.peer_id = peer_id
+        self.address = address
+        self.initiator_id = initiator_id  # node id of the side that dialled
+        self.connected_at = trio.current_time()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._data = trio.Event()
+        self._drained = trio.Event()
+        self._drained.set()
+        self._closing: str | None = None
+        self._closed = trio.Event()
+        self._cancel = trio.CancelScope()
+
+    def __repr__(self) -> str:
+        return f"PeerConnection({self.peer_id} at {self.address})"
+
+    # ------------------------------------------------------------ outbound
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued
+
+    @property
+    def closing(self) -> bool:
+        return self._closing is not None
+
+    def push(self, data: bytes) -> None:
+        """Queue one encoded message (never blocks; see the module docstring)."""
+        if self._closing is not None:
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        self._data.set()
+        if self._queued > LOW_WATER:
+            self._drained = trio.Event() if self._drained.is_set() else self._drained
+        if self._queued > HARD_LIMIT:
+            log.warning(
+                "peer %s does not read (%d bytes queued): closing", self.peer_id, self._queued
+            )
+            self.abort()
+
+    def over_high_water(self) -> bool:
+        return self._queued > HIGH_WATER
+
+    async def wait_writable(self) -> None:
+        """Wait until the outbound queue is below the low-water mark (or closed)."""
+        while self._queued > LOW_WATER and not self._closed.is_set():
+            drained = self._drained
+            with trio.move_on_after(1.0):
+                await drained.wait()
+
+    def close(self, reason: str) -> None:
+        """Send what is queued, then close."""
+        if self._closing is None:
+            self._closing = reason
+            self._data.set()
+
+    def abort(self) -> None:
+        """Close at once, dropping whatever is queued."""
+        self._closing = self._closing or "aborted"
+        self._queue.clear()
+        self._queued = 0
+        self._drained.set()
+        self._cancel.cancel()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # ------------------------------------------------------------- running
+
+    async def run(self, on_message: OnMessage) -> str:
+        """Run reader and writer until either ends; return why it ended."""
+        reason = "connection closed"
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, nursery.cancel_scope)
+                    reason = await self._reader(on_message)
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = f"connection lost ({exc.__class__.__name__})"
+        except RemoteProtocolError as exc:
+            reason = f"protocol error: {exc}"
+        finally:
+            self._queue.clear()
+            self._queued = 0
+            self._drained.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await self.stream.aclose()
+            self._closed.set()
+        return self._closing or reason
+
+    async def _reader(self, on_message: OnMessage) -> str:
+        decoder = Decoder()
+        while True:
+            data = await self.stream.receive_some(RECEIVE_MAX)
+            if not data:
+                return "peer closed the connection"
+            self.bytes_in += len(data)
+            decoder.feed(bytes(data))
+            while (msg := decoder.next()) is not None:
+                await on_message(self, msg)
+
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        while True:
+            if not self._queue:
+                if self._closing is not None:
+                    scope.cancel()
+                    return
+                self._data = trio.Event()
+                await self._data.wait()
+                continue
+            batch = [self._queue.popleft()]
+            size = len(batch[0])
+            while self._queue and size + len(self._queue[0]) <= WRITE_BATCH:
+                item = self._queue.popleft()
+                batch.append(item)
+                size += len(item)
+            payload = batch[0] if len(batch) == 1 else b"".join(batch)
+            await self.stream.send_all(payload)
+            self.bytes_out += size
+            self._queued -= size
+            if self._queued <= LOW_WATER:
+                self._drained.set()
+
+
+async def handshake(
+    tcp: trio.abc.Stream,
+    *,
+    initiator: bool,
+    static: KeyPair,
+    mesh_secret: bytes,
+    accept_remote: Callable[[bytes], bool],
+    limit: float = HANDSHAKE_TIMEOUT,
+) -> SecureStream | None:
+    """Run the mesh handshake over ``tcp``; the secure stream, or None on failure.
+
+    Failure (timeout, a stranger, a refused key, a broken transport) closes
+    ``tcp``; the reason is logged at debug level only, as a stranger must
+    learn nothing and an operator gains little from it.
+    """
+    secure = SecureStream.mesh(
+        tcp,
+        initiator=initiator,
+        static=static,
+        mesh_secret=mesh_secret,
+        accept_remote=accept_remote,
+    )
+    ok = False
+    try:
+        with trio.move_on_after(limit):
+            await secure.do_handshake()
+            ok = True
+        if not ok:
+            log.debug("handshake timed out")
+    except (NoiseError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.debug("handshake failed: %s", exc.__class__.__name__)
+    except OSError as exc:
+        log.debug("handshake failed: %s", exc)
+    if not ok:
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+            await secure.aclose()
+        return None
+    return secure

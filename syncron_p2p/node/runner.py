@@ -1,0 +1,647 @@
+"""The node: one folder's engine, driven by trio on real sockets and disk.
+
+:class:`Node` owns the :class:`~syncron_p2p.sync.engine.Engine`, the
+:class:`~syncron_p2p.index.db.Index`, the :class:`RealDisk` and the
+:class:`Scanner`, and executes the effects the engine returns.
+
+Concurrency rule: the engine, the index and the peers registry are used by
+one worker thread at a time, under :attr:`Node.lock` (a trio lock), via
+``trio.to_thread.run_sync``. Effects are executed while the lock is still
+held, so messages reach each peer's queue in the order the engine produced
+them; waiting for a slow peer's queue to drain happens after the lock is
+released (see ``peer.py``).
+
+Tasks (all in one nursery):
+
+* listener: accept, handshake (timeout), register the connection;
+* dialers: one per known address (``--peer``, remembered peers, mDNS finds),
+  reconnecting with jittered exponential backoff;
+* timers: feed :class:`Tick` at ``engine.next_deadline()``;
+* scans: an initial scan, periodic jittered full scans, and targeted rescans
+  (watcher batches and the engine's :class:`Rescan` effects);
+* watcher, discovery and the control socket when enabled.
+
+One connection per pair of nodes: when a second authenticated connection to
+the same peer appears, both ends keep the one dialled by the smaller node id
+(or, when the same side dialled both, the newer one) and close the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from syncron_p2p.config import Role, Timing
+from syncron_p2p.errors import UsageError
+from syncron_p2p.ids import node_id as node_id_of
+from syncron_p2p.index.db import Index
+from syncron_p2p.index.records import EntryType
+from syncron_p2p.index.scanner import Progress, Scanner, ScanResult
+from syncron_p2p.mesh import Mesh
+from syncron_p2p.node import control
+from syncron_p2p.node.discovery import Discovery, Event, Found, Gone
+from syncron_p2p.node.disk import RealDisk
+from syncron_p2p.node.peer import PeerConnection, handshake
+from syncron_p2p.node.secure_stream import SecureStream
+from syncron_p2p.node.watcher import Watcher
+from syncron_p2p.protocol import codec
+from syncron_p2p.protocol.messages import Goodbye, Message
+from syncron_p2p.sync.conflicts import CONFLICT_MARK
+from syncron_p2p.sync.effects import (
+    Close,
+    Effect,
+    Input,
+    LocalChanges,
+    Notice,
+    PeerDown,
+    PeerUp,
+    Received,
+    Rescan,
+    Send,
+    Tick,
+)
+from syncron_p2p.sync.engine import Engine
+
+log = logging.getLogger("syncron.node")
+
+CONNECT_TIMEOUT = 5.0
+MAX_BACKOFF = 30.0
+STABLE_CONNECTION = 30.0  # a connection that lasted this long resets the backoff
+HOT_DIRS = 4096
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    """How to run a node (the CLI builds it from options and node.json)."""
+
+    folder: Path
+    listen: tuple[str, int]
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    mdns: bool = True
+    mdns_interfaces: list[str] = field(default_factory=list)
+    timing: Timing = field(default_factory=Timing)
+    scan_interval: float | None = None  # None: 600 s with a watcher, 60 s without
+    watch: bool = True
+    watch_budget: int | None = None
+    debounce: float = 0.1
+    rebrowse_interval: float = 60.0
+    scan_progress: Progress | None = None
+
+
+def count_conflicts(index: Index) -> int:
+    return sum(1 for r in index.all() if not r.deleted and CONFLICT_MARK in r.path)
+
+
+class Node:
+    """A running node for one folder (see the module docstring)."""
+
+    def __init__(self, mesh: Mesh, config: NodeConfig) -> None:
+        self.mesh = mesh
+        self.config = config
+        self.folder = config.folder
+        self.node_id = mesh.node_id
+        self.role = Role(mesh.role)
+        self.index = Index.open(self.folder, self.node_id)
+        self.disk = RealDisk(self.folder)
+        self.scanner = Scanner(self.folder, self.index)
+        self.engine = Engine(
+            self.index,
+            self.disk,
+            self.node_id,
+            role=self.role,
+            timing=config.timing,
+            rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+            members=self._members,
+        )
+        self.lock = trio.Lock()
+        self.connections: dict[str, PeerConnection] = {}
+        self._gone: dict[str, trio.Event] = {}
+        self.listen_address: tuple[str, int] | None = None
+        self.control_path: Path | None = None
+        self.conflicts = 0
+        self.scans = 0
+        self.last_scan: float | None = None
+        self._hot: dict[str, float] = {}
+        self._dirty: set[str] = set()
+        self._dirty_all = False
+        self._dirty_event = trio.Event()
+        self._rebrowse = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+        self.watcher: Watcher | None = None
+        self.discovery: Discovery | None = None
+        self._targets: dict[str, trio.CancelScope] = {}
+        self._found: dict[str, Found] = {}
+        self.finished = trio.Event()
+
+    def _members(self) -> list[str]:
+        return [self.node_id, *(p.node_id for p in self.mesh.peers if not p.removed)]
+
+    # ================================================================ engine
+
+    def _handle(self, event: Input, now: float) -> list[tuple[Effect, bytes | None]]:
+        """In the worker thread: run the engine, encode what it sends."""
+        effects = self.engine.handle(event, now)
+        return [(e, codec.encode(e.message) if isinstance(e, Send) else None) for e in effects]
+
+    async def feed(self, event: Input, origin: str | None = None) -> None:
+        """Feed one input to the engine and execute its effects."""
+        async with self.lock:
+            if self._stopping and not isinstance(event, PeerDown):
+                return
+            now = trio.current_time()
+            effects = await trio.to_thread.run_sync(self._handle, event, now)
+            waits = self._execute(effects)
+        for conn in waits:
+            if conn.peer_id != origin:
+                await conn.wait_writable()
+
+    def _execute(self, effects: list[tuple[Effect, bytes | None]]) -> list[PeerConnection]:
+        waits: list[PeerConnection] = []
+        for effect, data in effects:
+            match effect:
+                case Send(peer):
+                    conn = self.connections.get(peer)
+                    if conn is not None and data is not None:
+                        conn.push(data)
+                        if conn.over_high_water() and conn not in waits:
+                            waits.append(conn)
+                case Close(peer, reason):
+                    conn = self.connections.get(peer)
+                    if conn is not None:
+                        log.info("closing connection to %s: %s", peer, reason)
+                        conn.close(reason)
+                case Rescan(paths):
+                    self._mark_dirty([p.rpartition("/")[0] for p in paths])
+                case Notice(kind, path, detail):
+                    self._notice(kind, path, detail)
+        return waits
+
+    def _notice(self, kind: str, path: str, detail: str) -> None:
+        what = f"{path}: {detail}" if path and detail else path or detail
+        if kind == "conflict":
+            self.conflicts += 1
+            log.warning("conflict: %s (both versions kept)", what)
+        elif kind in ("error", "rejected"):
+            log.warning("%s: %s", kind, what)
+        elif kind == "applied" and path:
+            log.info("updated %s", what)
+        else:
+            log.debug("%s: %s", kind, what)
+
+    # ================================================================= scans
+
+    def _mark_dirty(self, directories: list[str] | None) -> None:
+        if directories is None:
+            self._dirty_all = True
+        else:
+            self._dirty.update(directories)
+        self._dirty_event.set()
+
+    def _scan_sync(
+        self, directories: list[str] | None, now: float, scanner: Scanner
+    ) -> tuple[ScanResult, list[tuple[Effect, bytes | None]], list[str] | None, int | None]:
+        result = scanner.scan(directories)
+        effects = self._handle(LocalChanges(tuple(result.changed)), now) if result.changed else []
+        dirs: list[str] | None = None
+        conflicts: int | None = None
+        if directories is None:
+            dirs, conflicts = [], 0
+            for rec in self.index.all():
+                if rec.deleted:
+                    continue
+                if rec.type == EntryType.DIRECTORY:
+                    dirs.append(rec.path)
+                if CONFLICT_MARK in rec.path:
+                    conflicts += 1
+        return result, effects, dirs, conflicts
+
+    async def scan(self, directories: list[str] | None = None, *, initial: bool = False) -> int:
+        """Scan (all, or some directories), push the changes; number of changes."""
+        scanner = self.scanner
+        if initial and self.config.scan_progress is not None:
+            scanner = Scanner(self.folder, self.index, progress=self.config.scan_progress)
+        async with self.lock:
+            if self._stopping:
+                return 0
+            now = trio.current_time()
+            result, effects, dirs, conflicts = await trio.to_thread.run_sync(
+                self._scan_sync, directories, now, scanner
+            )
+            waits = self._execute(effects)
+        for conn in waits:
+            await conn.wait_writable()
+        self.scans += 1
+        self.last_scan = trio.current_time()
+        for err in result.errors:
+            log.warning("skipped %s: %s", err.path, err.reason)
+        for rec in result.changed:
+            self._hot[rec.path.rpartition("/")[0]] = now
+        if len(self._hot) > HOT_DIRS:
+            keep = sorted(self._hot.items(), key=lambda kv: -kv[1])[:HOT_DIRS]
+            self._hot = dict(keep)
+        if result.changed:
+            log.info("%d local change(s) found", len(result.changed))
+        if conflicts is not None:
+            self.conflicts = conflicts
+        if dirs is not None and self.watcher is not None and self.watcher.active:
+            await self.watcher.rewatch(dirs, self._hot_order())
+        return len(result.changed)
+
+    def _hot_order(self) -> list[str]:
+        return [d for d, _ in sorted(self._hot.items(), key=lambda kv: -kv[1])]
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event = trio.Event()
+            full, dirs = self._dirty_all, sorted(self._dirty)
+            self._dirty_all, self._dirty = False, set()
+            await self.scan(None if full else dirs)
+
+    def _scan_interval(self) -> float:
+        if self.config.scan_interval is not None:
+            return self.config.scan_interval
+        return 600.0 if self.watcher is not None and self.watcher.active else 60.0
+
+    async def _periodic_scans(self) -> None:
+        rng = random.Random()
+        while True:
+            await trio.sleep(self._scan_interval() * rng.uniform(0.8, 1.2))
+            self._mark_dirty(None)
+
+    async def _watch_batches(self, watcher: Watcher) -> None:
+        send, receive = trio.open_memory_channel[list[str] | None](16)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher.batches, send)
+            async for batch in receive:
+                self._mark_dirty(batch)
+
+    # ================================================================ timers
+
+    async def _timers(self) -> None:
+        while True:
+            async with self.lock:
+                deadline = self.engine.next_deadline()
+            now = trio.current_time()
+            target = now + 1.0 if deadline is None else min(deadline, now + 1.0)
+            await trio.sleep_until(max(target, now + 0.02))
+            if deadline is not None and trio.current_time() >= deadline:
+                await self.feed(Tick())
+
+    # =========================================================== connections
+
+    def _prefer_new(self, new: PeerConnection, old: PeerConnection) -> bool:
+        if new.initiator_id == old.initiator_id:
+            return True  # the dialler reconnected: the old channel is stale
+        return new.initiator_id == min(self.node_id, new.peer_id)
+
+    async def _connection(
+        self,
+        secure: SecureStream,
+        address: str,
+        initiator: bool,
+        task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Register an authenticated channel, run it, clean up after it."""
+        key = secure.remote_static
+        peer_id = node_id_of(key)
+        async with self.lock:
+            allowed = self.mesh.is_allowed(key) and not self._stopping
+            if allowed:
+                dialled = address if initiator else None
+                await trio.to_thread.run_sync(self.mesh.peers.accept, key, dialled)
+        if not allowed:
+            task_status.started(None)
+            await secure.aclose()
+            return
+        conn = PeerConnection(
+            secure,
+            peer_id,
+            address=address,
+            initiator_id=self.node_id if initiator else peer_id,
+        )
+        old = self.connections.get(peer_id)
+        if old is not None and not old.closing and not self._prefer_new(conn, old):
+            log.debug("duplicate connection to %s closed (keeping %s)", peer_id, old.address)
+            task_status.started(peer_id)
+            await secure.aclose()
+            return
+        if old is not None:
+            log.debug("replacing connection to %s (%s)", peer_id, old.address)
+            old.abort()
+        self.connections[peer_id] = conn
+        gone = self._gone[peer_id] = trio.Event()
+        await self.feed(PeerUp(peer_id))
+        log.info("connected to %s at %s", peer_id, address)
+        task_status.started(peer_id)
+        reason = await conn.run(self._on_message)
+        if self.connections.get(peer_id) is conn:
+            del self.connections[peer_id]
+            with trio.CancelScope(shield=True):
+                await self.feed(PeerDown(peer_id))
+            log.info("disconnected from %s: %s", peer_id, reason)
+            self._rebrowse.set()
+        gone.set()
+
+    async def _on_message(self, conn: PeerConnection, msg: Message) -> None:
+        if self.connections.get(conn.peer_id) is not conn:
+            return
+        await self.feed(Received(conn.peer_id, msg), origin=conn.peer_id)
+
+    async def _wait_gone(self, peer_id: str) -> None:
+        conn = self.connections.get(peer_id)
+        event = self._gone.get(peer_id)
+        if conn is not None and event is not None:
+            await event.wait()
+
+    async def _inbound(self, tcp: trio.SocketStream) -> None:
+        try:
+            host, port = tcp.socket.getpeername()[:2]
+        except OSError:
+            await tcp.aclose()
+            return
+        secure = await handshake(
+            tcp,
+            initiator=False,
+            static=self.mesh.static,
+            mesh_secret=self.mesh.secret,
+            accept_remote=self.mesh.is_allowed,
+        )
+        if secure is not None:
+            await self._connection(secure, f"{host}:{port}", initiator=False)
+
+    async def _dial_once(self, host: str, port: int) -> str | None:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                tcp = await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            log.debug("cannot reach %s:%d: %s", host, port, exc)
+            return None
+        secure = await handshake(
+            tcp,
+            initiator=True,
+            static=self.mesh.static,
+            mesh_secret=self.mesh.secret,
+            accept_remote=self.mesh.is_allowed,
+        )
+        if secure is None or self._nursery is None:
+            return None
+        peer: str | None = await self._nursery.start(
+            self._connection, secure, f"{host}:{port}", True
+        )
+        return peer
+
+    async def _dial_loop(
+        self, addresses: tuple[str, ...], port: int, known_id: str | None, delay: float = 0.0
+    ) -> None:
+        """Keep a connection to whoever listens at ``addresses:port``."""
+        rng = random.Random()
+        backoff = 1.0
+        if delay:
+            await trio.sleep(delay)
+        while True:
+            if known_id is not None and known_id in self.connections:
+                await self._wait_gone(known_id)
+                await trio.sleep(rng.uniform(0.05, 0.5))
+                continue
+            started = trio.current_time()
+            peer = None
+            for host in addresses:
+                peer = await self._dial_once(host, port)
+                if peer is not None:
+                    break
+            if peer is not None:
+                known_id = peer
+                await self._wait_gone(peer)
+                if trio.current_time() - started >= STABLE_CONNECTION:
+                    backoff = 1.0
+            await trio.sleep(backoff * rng.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _add_target(
+        self,
+        key: str,
+        addresses: tuple[str, ...],
+        port: int,
+        known_id: str | None,
+        delay: float = 0.0,
+    ) -> None:
+        if key in self._targets or self._nursery is None:
+            return
+        scope = trio.CancelScope()
+        self._targets[key] = scope
+
+        async def run() -> None:
+            with scope:
+                await self._dial_loop(addresses, port, known_id, delay)
+
+        self._nursery.start_soon(run)
+
+    def _drop_target(self, key: str) -> None:
+        scope = self._targets.pop(key, None)
+        if scope is not None:
+            scope.cancel()
+
+    # ============================================================= discovery
+
+    async def _discovery(self, discovery: Discovery) -> None:
+        send, receive = trio.open_memory_channel[Event](64)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(discovery.events, send)
+            nursery.start_soon(self._rebrowse_loop, discovery)
+            async for event in receive:
+                match event:
+                    case Found():
+                        self._on_found(event)
+                    case Gone(name):
+                        self._found.pop(name, None)
+                        if name in self._targets:
+                            log.debug("mDNS: %s left", name)
+                            self._drop_target(name)
+
+    def _on_found(self, found: Found) -> None:
+        old = self._found.get(found.name)
+        if old == found:
+            return
+        static = {f"{h}:{p}" for h, p in self.config.peers}
+        if any(f"{a}:{found.port}" in static for a in found.addresses):
+            return
+        self._found[found.name] = found
+        self._drop_target(found.name)
+        log.info("mDNS: found %s at %s:%d", found.node_id, found.addresses[0], found.port)
+        # Both ends discover each other; the larger id waits a little so the
+        # smaller one's dial usually wins and no duplicate is made.
+        delay = 0.0 if self.node_id < found.node_id else 1.0
+        self._add_target(found.name, found.addresses, found.port, found.node_id, delay)
+
+    async def _rebrowse_loop(self, discovery: Discovery) -> None:
+        while True:
+            with trio.move_on_after(self.config.rebrowse_interval):
+                await self._rebrowse.wait()
+            self._rebrowse = trio.Event()
+            if discovery.overflowed:
+                discovery.overflowed = False
+            await discovery.rebrowse()
+            await trio.sleep(5.0)  # at most one re-browse per 5 s
+
+    # =============================================================== control
+
+    async def status(self) -> dict[str, Any]:
+        async with self.lock:
+            files, size = self.engine.pending()
+            root = self.index.merkle.root().hex()
+            entries = len(self.index.merkle)
+            peers = []
+            seen: set[str] = set()
+            for conn in self.connections.values():
+                seen.add(conn.peer_id)
+                peers.append(
+                    {
+                        "node_id": conn.peer_id,
+                        "address": conn.address,
+                        "connected": True,
+                        "in_sync": self.engine.in_sync_with(conn.peer_id),
+                    }
+                )
+            for p in self.mesh.peers:
+                if p.node_id not in seen and not p.removed:
+                    peers.append(
+                        {
+                            "node_id": p.node_id,
+                            "address": p.last_address,
+                            "connected": False,
+                            "in_sync": False,
+                        }
+                    )
+            stats = dict(self.engine.stats)
+        listen = self.listen_address
+        return {
+            "running": True,
+            "pid": os.getpid(),
+            "folder": str(self.folder),
+            "node_id": self.node_id,
+            "role": self.role.value,
+            "listen": f"{listen[0]}:{listen[1]}" if listen else None,
+            "merkle_root": root,
+            "entries": entries,
+            "peers": sorted(peers, key=lambda p: str(p["node_id"])),
+            "pending": {"files": files, "bytes": size},
+            "conflicts": self.conflicts,
+            "scans": self.scans,
+            "watching": bool(self.watcher and self.watcher.active),
+            "mdns": self.discovery is not None,
+            "stats": stats,
+        }
+
+    # =================================================================== run
+
+    async def _open_listeners(self) -> list[trio.SocketListener]:
+        host, port = self.config.listen
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise UsageError(f"cannot listen on {host}:{port}: {why}") from None
+        sockname = listeners[0].socket.getsockname()
+        self.listen_address = (str(sockname[0]), int(sockname[1]))
+        return listeners
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (or :meth:`stop`); ``started`` once serving."""
+        try:
+            await self._run(task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                if self.watcher is not None:
+                    await self.watcher.stop()
+                if self.discovery is not None:
+                    await self.discovery.stop()
+                async with self.lock:
+                    self.index.close()
+                self.finished.set()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        listeners = await self._open_listeners()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.control_path = await nursery.start(control.serve, self.folder, self._control)
+            await self.scan(None, initial=True)
+            nursery.start_soon(trio.serve_listeners, self._inbound, listeners)
+            nursery.start_soon(self._timers)
+            nursery.start_soon(self._rescan_loop)
+            nursery.start_soon(self._periodic_scans)
+            if self.config.watch:
+                await self._start_watcher(nursery)
+            if self.config.mdns:
+                await self._start_discovery(nursery)
+            for host, port in self.config.peers:
+                self._add_target(f"{host}:{port}", (host,), port, None)
+            static = {f"{h}:{p}" for h, p in self.config.peers}
+            for peer in self.mesh.peers:
+                if peer.removed or not peer.last_address or peer.last_address in static:
+                    continue
+                host, _, port_text = peer.last_address.rpartition(":")
+                if port_text.isdigit():
+                    self._add_target(peer.last_address, (host,), int(port_text), peer.node_id)
+            task_status.started()
+
+    async def _start_watcher(self, nursery: trio.Nursery) -> None:
+        watcher = Watcher(
+            self.folder, budget=self.config.watch_budget, debounce=self.config.debounce
+        )
+        dirs = await trio.to_thread.run_sync(self._directories)
+        await watcher.start(dirs, self._hot_order())
+        self.watcher = watcher
+        if watcher.active:
+            nursery.start_soon(self._watch_batches, watcher)
+
+    def _directories(self) -> list[str]:
+        return [r.path for r in self.index.all() if r.type == EntryType.DIRECTORY and not r.deleted]
+
+    async def _start_discovery(self, nursery: trio.Nursery) -> None:
+        assert self.listen_address is not None
+        discovery = Discovery(
+            node_id=self.node_id,
+            mesh_tag=self.mesh.public_tag,
+            port=self.listen_address[1],
+            interfaces=self.config.mdns_interfaces,
+            listen_host=self.config.listen[0],
+        )
+        try:
+            await discovery.start()
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning("mDNS discovery unavailable (%s); use --peer HOST:PORT", exc)
+            await discovery.stop()
+            return
+        self.discovery = discovery
+        nursery.start_soon(self._discovery, discovery)
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return await self.status()
+        if cmd == "scan":
+            self._mark_dirty(None)
+            return {"ok": True}
+        return {"error": f"unknown command {cmd!r}"}
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Say goodbye to every peer, flush, and cancel everything."""
+        self._stopping = True
+        goodbye = codec.encode(Goodbye("node stopping"))
+        conns = list(self.connections.values())
+        for conn in conns:
+            conn.push(goodbye)
+            conn.close("node stopping")
+        with trio.move_on_after(grace):
+            for conn in conns:
+                await conn.wait_closed()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
