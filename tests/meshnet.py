@@ -74,6 +74,9 @@ class MeshNet:
             )
             self.nodes[name] = Node(name, index, disk, engine)
         self.links: set[tuple[str, str]] = set()
+        # pairs that should be connected: a link the engine closes is redialled
+        # on the next tick, as the node's dialer does with backoff
+        self.wanted: set[tuple[str, str]] = set()
         self.queue: list[tuple[str, str, bytes]] = []
         self.sent_bytes = 0
 
@@ -93,12 +96,21 @@ class MeshNet:
                     self.connect(a, b)
 
     def connect(self, a: str, b: str) -> None:
+        self.wanted.add((min(a, b), max(a, b)))
+        self._link(a, b)
+
+    def _link(self, a: str, b: str) -> None:
         self.links.add((a, b))
         self.links.add((b, a))
         self._feed(a, PeerUp(b))
         self._feed(b, PeerUp(a))
 
     def disconnect(self, a: str, b: str) -> None:
+        """A partition: the pair stays apart until connect() is called again."""
+        self.wanted.discard((min(a, b), max(a, b)))
+        self._unlink(a, b)
+
+    def _unlink(self, a: str, b: str) -> None:
         self.links.discard((a, b))
         self.links.discard((b, a))
         self.queue = [q for q in self.queue if {q[0], q[1]} != {a, b}]
@@ -124,7 +136,7 @@ class MeshNet:
                         self.queue.append((node.name, peer, data))
                 case Close(peer, _):
                     if (node.name, peer) in self.links:
-                        self.disconnect(node.name, peer)
+                        self._unlink(node.name, peer)
                 case Rescan():
                     changed = node.disk.scan(node.index)
                     if changed:
@@ -168,6 +180,9 @@ class MeshNet:
             if self.converged():
                 return
             self.now += dt
+            for a, b in sorted(self.wanted):
+                if (a, b) not in self.links:
+                    self._link(a, b)
             for name in sorted(self.nodes):
                 self._feed(name, Tick())
 

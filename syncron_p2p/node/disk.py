@@ -28,7 +28,13 @@ from syncron_p2p.errors import UnsafePathError
 from syncron_p2p.folder import TMP_DIR
 from syncron_p2p.index.records import Block, EntryType, StatFingerprint
 from syncron_p2p.paths import STATE_DIR, safe_join
-from syncron_p2p.sync.disk import DiskFailure, LocalChanged, Observation
+from syncron_p2p.sync.disk import (
+    DiskFailure,
+    LocalChanged,
+    NotEmpty,
+    Observation,
+    ParentNotDirectory,
+)
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -48,7 +54,7 @@ class RealDisk:
             return safe_join(self.root, rel)
         except UnsafePathError as exc:
             # A symlink or file now sits where a directory was: the disk changed.
-            raise LocalChanged(str(exc)) from None
+            raise ParentNotDirectory(str(exc)) from None
 
     def _temp(self, key: str) -> Path:
         if not key or any(c not in "0123456789abcdef" for c in key):
@@ -224,7 +230,7 @@ class RealDisk:
                 current.mkdir(mode=0o755)
                 continue
             if not stat.S_ISDIR(st.st_mode):
-                raise LocalChanged(f"{current.relative_to(self.root)} is not a directory")
+                raise ParentNotDirectory(f"{current.relative_to(self.root)} is not a directory")
 
     def _clear(
         self, path: str, target: Path, expect: Observation | None, keep_file: bool = False
@@ -241,7 +247,7 @@ class RealDisk:
                 target.rmdir()
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise LocalChanged(f"{path}: directory not empty") from None
+                    raise NotEmpty(f"{path}: directory not empty") from None
                 raise
         elif expect.type == EntryType.SYMLINK or not keep_file:
             target.unlink()

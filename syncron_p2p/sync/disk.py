@@ -26,6 +26,14 @@ class LocalChanged(SyncronError):
     """The disk no longer matches the index at this path: rescan, don't touch."""
 
 
+class NotEmpty(LocalChanged):
+    """A directory that should be removed or replaced still has entries."""
+
+
+class ParentNotDirectory(LocalChanged):
+    """An ancestor of the path is a file or symlink, not a directory."""
+
+
 class DiskFailure(SyncronError):
     """An operation failed for a local reason (permissions, disk full, ...)."""
 

@@ -39,7 +39,7 @@ from syncron_p2p.errors import RemoteProtocolError, UnsafePathError
 from syncron_p2p.index.merkle import MerkleTree
 from syncron_p2p.index.records import Block, EntryType, Record, mint
 from syncron_p2p.index.versions import VersionVector
-from syncron_p2p.paths import symlink_target_is_safe, validate
+from syncron_p2p.paths import parent, symlink_target_is_safe, validate
 from syncron_p2p.protocol.messages import (
     BlockData,
     BlockMissing,
@@ -64,7 +64,9 @@ from syncron_p2p.sync.disk import (
     Disk,
     DiskFailure,
     LocalChanged,
+    NotEmpty,
     Observation,
+    ParentNotDirectory,
     expectation,
 )
 from syncron_p2p.sync.effects import (
@@ -86,6 +88,10 @@ MAX_ACTIVE_JOBS = 64
 RECORDS_PAGE = 256
 PAGE_BYTES = 512 * 1024
 FORGOTTEN_NS = "forgotten"
+# Failed attempts before a structural conflict (a file where a directory must
+# be, or a directory that must go but still has entries) is resolved rather
+# than waited out: the tombstones that would dissolve it may still be coming.
+PATIENCE = 2
 
 
 class Store(Protocol):
@@ -167,6 +173,7 @@ class Engine:
         self.deletes: dict[str, tuple[Record, str]] = {}
         self.retry: dict[str, tuple[float, Record, str]] = {}
         self._next_id = 1
+        self.attempts: dict[str, int] = {}
         # peer -> my last_sequence when our roots last matched (outlives connections)
         self.synced: dict[str, int] = {}
         self._next_anti_entropy: float | None = None
@@ -638,6 +645,8 @@ class Engine:
                     self.disk.temp_write(job.key, 0, b"")
                 obs = self.disk.install_file(path, job.key, target.size, target.mode, expect)
         except LocalChanged as exc:
+            if self._structural_conflict(job, exc):
+                return
             self._notice("kept", path, f"changed locally meanwhile; rescanning ({exc})")
             self.retry[path] = (self._now + self.timing.retry_delay, job.target, job.origin_peer)
             self._out.append(Rescan((path,)))
@@ -666,23 +675,26 @@ class Engine:
                 continue
             try:
                 self.disk.remove(path, expectation(local))
-            except LocalChanged as exc:
-                if local.type == EntryType.DIRECTORY and "not empty" in str(exc):
-                    # Something we must not delete is inside: the directory stays,
-                    # and says so with a version that supersedes the deletion.
-                    kept = mint(
-                        path,
-                        EntryType.DIRECTORY,
-                        local,
-                        self.store.actor,
-                        mode=local.mode,
-                        base=local.version.merge(rec.version),
-                    )
-                    self._notice("kept", path, "directory not empty; kept")
-                    self._store([kept], "")
-                else:
-                    self._notice("kept", path, "changed locally before deletion; rescanning")
-                    self._out.append(Rescan((path,)))
+            except NotEmpty:
+                if self._attempt(path) <= PATIENCE:
+                    self.retry[path] = (self._now + self.timing.retry_delay, rec, origin)
+                    continue
+                # Something we must not delete is still inside: the directory
+                # stays, with a version that supersedes the deletion.
+                kept = mint(
+                    path,
+                    EntryType.DIRECTORY,
+                    local,
+                    self.store.actor,
+                    mode=local.mode,
+                    base=local.version.merge(rec.version),
+                )
+                self._notice("kept", path, "directory not empty; kept")
+                self._store([kept], "")
+                continue
+            except LocalChanged:
+                self._notice("kept", path, "changed locally before deletion; rescanning")
+                self._out.append(Rescan((path,)))
                 continue
             except DiskFailure as exc:
                 self._notice("error", path, str(exc))
@@ -690,10 +702,94 @@ class Engine:
             self.stats["applied"] += 1
             self._store([res.result], origin)
 
+    # ----------------------------------------------- structural conflicts
+
+    def _attempt(self, path: str) -> int:
+        self.attempts[path] = self.attempts.get(path, 0) + 1
+        return self.attempts[path]
+
+    def _structural_conflict(self, job: Job, exc: LocalChanged) -> bool:
+        """Resolve a file-versus-directory clash between paths, deterministically.
+
+        The rule: live entries below a path make it a directory. A file (or
+        symlink) in the way is kept as its conflict copy, on every node that
+        meets the clash, and the directory gets a version superseding it.
+        """
+        target = job.target
+        path = target.path
+        if isinstance(exc, ParentNotDirectory) and not target.deleted:
+            blocker = self._file_ancestor(path)
+            if blocker is None or self._attempt(path) <= PATIENCE:
+                return False
+            self._demote(blocker)
+            self.retry[path] = (self._now, target, job.origin_peer)
+            return True
+        if (
+            isinstance(exc, NotEmpty)
+            and target.type != EntryType.DIRECTORY
+            and job.move_local_to is None
+        ):
+            local = self.store.get(path)
+            if local is None or local.deleted or local.type != EntryType.DIRECTORY:
+                return False
+            if self._attempt(path) <= PATIENCE:
+                return False
+            copy = conflict_copy(target)
+            try:
+                validate(copy.path)
+                expect = expectation(self.store.get(copy.path))
+                if target.type == EntryType.SYMLINK:
+                    obs = self.disk.install_symlink(copy.path, target.target, expect)
+                else:
+                    obs = self.disk.install_file(
+                        copy.path, job.key, target.size, target.mode, expect
+                    )
+            except (LocalChanged, DiskFailure, UnsafePathError):
+                return False
+            kept = mint(
+                path,
+                EntryType.DIRECTORY,
+                local,
+                self.store.actor,
+                mode=local.mode,
+                base=local.version.merge(target.version),
+            )
+            self.stats["conflicts"] += 1
+            self._notice("conflict", path, f"a directory stays here; the file is {copy.path}")
+            self._store([replace(copy, fingerprint=obs.fingerprint), kept], "")
+            return True
+        return False
+
+    def _file_ancestor(self, path: str) -> Record | None:
+        head = parent(path)
+        while head:
+            rec = self.store.get(head)
+            if rec is not None and not rec.deleted and rec.type != EntryType.DIRECTORY:
+                return rec
+            head = parent(head)
+        return None
+
+    def _demote(self, rec: Record) -> None:
+        """Keep file ``rec`` as its conflict copy and make its path a directory."""
+        copy = conflict_copy(rec)
+        try:
+            validate(copy.path)
+            moved = self.disk.move(rec.path, copy.path, expectation(rec))
+            self.disk.install_dir(rec.path, None)
+        except (LocalChanged, DiskFailure, UnsafePathError) as exc:
+            self._notice("kept", rec.path, f"cannot make it a directory yet ({exc})")
+            self._out.append(Rescan((rec.path,)))
+            return
+        kept = mint(rec.path, EntryType.DIRECTORY, rec, self.store.actor, mode=0o755)
+        self.stats["conflicts"] += 1
+        self._notice("conflict", rec.path, f"entries below need a directory; file is {copy.path}")
+        self._store([replace(copy, fingerprint=moved.fingerprint), kept], "")
+
     def _store(self, records: list[Record], origin_peer: str) -> None:
         stored = self.store.put(records)
         for rec in stored:
             self.retry.pop(rec.path, None)
+            self.attempts.pop(rec.path, None)
             self._notice("applied", rec.path, "deleted" if rec.deleted else "")
         self._announce(stored, exclude=origin_peer)
 

@@ -25,7 +25,13 @@ from syncron_p2p.index.records import (
     tombstone,
 )
 from syncron_p2p.paths import parent, validate
-from syncron_p2p.sync.disk import DiskFailure, LocalChanged, Observation
+from syncron_p2p.sync.disk import (
+    DiskFailure,
+    LocalChanged,
+    NotEmpty,
+    Observation,
+    ParentNotDirectory,
+)
 
 
 @dataclass(slots=True)
@@ -111,7 +117,7 @@ class MemoryDisk:
             if e is None:
                 missing.append(d)
             elif e.type != EntryType.DIRECTORY:
-                raise LocalChanged(f"{d} is not a directory")
+                raise ParentNotDirectory(f"{d} is not a directory")
             d = parent(d)
         for d in missing:
             self.entries[d] = _Entry(EntryType.DIRECTORY, mode=0o755)
@@ -224,7 +230,7 @@ class MemoryDisk:
         if expect.type == EntryType.DIRECTORY and any(
             p.startswith(path + "/") for p in self.entries
         ):
-            raise LocalChanged(f"{path}: directory not empty")
+            raise NotEmpty(f"{path}: directory not empty")
         self.entries.pop(path, None)
 
     def _guard(self, path: str) -> None:
@@ -237,7 +243,7 @@ class MemoryDisk:
         while d:
             e = self.entries.get(d)
             if e is not None and e.type != EntryType.DIRECTORY:
-                raise LocalChanged(f"{d} is not a directory")
+                raise ParentNotDirectory(f"{d} is not a directory")
             d = parent(d)
 
     def install_file(
