@@ -1,0 +1,126 @@
+"""The invariants every run must end with (issue 6), checked on the live members.
+
+1. *In sync*: all merkle roots are equal.
+2. *Index tells the truth*: each node's live records are exactly what its
+   disk holds (same paths, types and content hashes).
+3. *Nothing lost*: every version a user ever wrote is, on every node, the
+   file at its path or a conflict copy of it, or it was causally superseded
+   by another written version of the path (its vector strictly dominates).
+   Only user-written versions count as superseding: the merged vector of a
+   conflict winner dominates the loser too, but the loser must survive as a
+   copy. Versions written by a node that then left the mesh for good are not
+   counted (nobody else may ever have seen them).
+4. *No resurrection*: a file deleted by a version that dominates every other
+   written version of its path is not live anywhere.
+5. *Tombstones are collected* once stable (checked by the runner after extra
+   anti-entropy periods, see ``runner.py``).
+6. *Nothing written outside the folder*: ``MemoryDisk.writes_outside`` is empty.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import blake3
+
+from simulations.world import SimNode, World, Written
+from syncron_p2p.index.records import EntryType, Record
+from syncron_p2p.sync.conflicts import CONFLICT_MARK
+
+_CONFLICT_TAG = re.compile(re.escape(CONFLICT_MARK) + r"[^/]*?-[0-9a-f]{8}")
+
+
+def original_path(path: str) -> str:
+    """The path a conflict copy (or a copy of a copy) stands for."""
+    head, sep, name = path.rpartition("/")
+    return head + sep + _CONFLICT_TAG.sub("", name)
+
+
+def check(world: World) -> list[str]:
+    """All invariant violations of the world as it is now (empty: all hold)."""
+    live = world.live()
+    out: list[str] = []
+    roots = {n.store.merkle.root() for n in live}
+    if len(roots) > 1:
+        out.append(f"not in sync: {len(roots)} distinct merkle roots among {len(live)} nodes")
+    for node in live:
+        out.extend(_index_matches_disk(node))
+        if node.disk.writes_outside:
+            out.append(f"{node.name} wrote outside its folder: {node.disk.writes_outside[:3]}")
+    out.extend(_nothing_lost(world, live))
+    out.extend(_no_resurrection(world, live))
+    return out
+
+
+def _index_matches_disk(node: SimNode) -> list[str]:
+    out: list[str] = []
+    records = {r.path: r for r in node.store.all() if not r.deleted}
+    entries = node.disk.entries
+    for path in sorted(set(records) | set(entries)):
+        rec, ent = records.get(path), entries.get(path)
+        if rec is None or ent is None:
+            where = "disk only" if rec is None else "index only"
+            out.append(f"{node.name}: {path} is on the {where}")
+        elif rec.type != ent.type:
+            out.append(f"{node.name}: {path} is a {ent.type.name} but indexed as {rec.type.name}")
+        elif rec.type == EntryType.FILE and blake3.blake3(ent.data).digest() != rec.content_hash:
+            out.append(f"{node.name}: {path} content differs from its record")
+    return out[:5]
+
+
+def _versions_by_path(world: World) -> dict[str, list[Written]]:
+    left = {n for n, s in world.nodes.items() if not s.member}
+    by_path: dict[str, list[Written]] = defaultdict(list)
+    for w in world.written:
+        if w.node not in left:
+            by_path[w.path].append(w)
+    return by_path
+
+
+def _superseded(w: Written, others: list[Written]) -> bool:
+    v = w.record.version
+    return any(o.record.version.dominates(v) and o.record.version != v for o in others)
+
+
+def _holdings(node: SimNode) -> dict[str, set[tuple[EntryType, bytes]]]:
+    held: dict[str, set[tuple[EntryType, bytes]]] = defaultdict(set)
+    for r in node.store.all():
+        if not r.deleted:
+            held[original_path(r.path)].add((r.type, r.content_hash))
+    return held
+
+
+def _nothing_lost(world: World, live: list[SimNode]) -> list[str]:
+    out: list[str] = []
+    wanted: list[Written] = []
+    for versions in _versions_by_path(world).values():
+        for w in versions:
+            if not w.deleted and not _superseded(w, versions):
+                wanted.append(w)
+    for node in live:
+        held = _holdings(node)
+        for w in wanted:
+            if (w.type, w.content_hash) not in held.get(original_path(w.path), ()):
+                out.append(
+                    f"lost on {node.name}: {w.path} {w.content_hash.hex()[:8]}"
+                    f" {w.record.version} written by {w.node} at t={w.at:.3f}"
+                )
+                if len(out) >= 10:
+                    return out
+    return out
+
+
+def _no_resurrection(world: World, live: list[SimNode]) -> list[str]:
+    out: list[str] = []
+    for path, versions in sorted(_versions_by_path(world).items()):
+        for d in versions:
+            if not d.deleted or d.type == EntryType.DIRECTORY:
+                continue
+            if all(d.record.version.dominates(o.record.version) for o in versions):
+                for node in live:
+                    rec: Record | None = node.store.get(path)
+                    if rec is not None and not rec.deleted:
+                        out.append(f"deleted {path} is back on {node.name} ({rec.version})")
+                        break
+    return out
