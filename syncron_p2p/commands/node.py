@@ -144,6 +144,8 @@ def join(
     scan_interval: Annotated[float | None, typer.Option(hidden=True)] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", hidden=True)] = True,
     watch_budget: Annotated[int | None, typer.Option(hidden=True)] = None,
+    max_backoff: Annotated[float | None, typer.Option(hidden=True)] = None,
+    rebrowse: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the node for FOLDER in the foreground until Ctrl-C / SIGTERM."""
     root = check_folder(folder)
@@ -170,6 +172,10 @@ def join(
         config.scan_interval = scan_interval
         config.watch = watch
         config.watch_budget = watch_budget
+        if max_backoff is not None:
+            config.max_backoff = max_backoff
+        if rebrowse is not None:
+            config.rebrowse_interval = rebrowse
         if sys.stderr.isatty() and not log_json:
             config.scan_progress = _scan_progress()
         typer.echo(f"node id:     {mesh.node_id}")

@@ -73,6 +73,7 @@ class PeerConnection:
         self._closing: str | None = None
         self._closed = trio.Event()
         self._cancel = trio.CancelScope()
+        self._reason = ""
 
     def __repr__(self) -> str:
         return f"PeerConnection({self.peer_id} at {self.address})"
@@ -133,17 +134,12 @@ class PeerConnection:
 
     async def run(self, on_message: OnMessage) -> str:
         """Run reader and writer until either ends; return why it ended."""
-        reason = "connection closed"
+        self._reason = "connection closed"
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, nursery.cancel_scope)
-                    reason = await self._reader(on_message)
-                    nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = f"connection lost ({exc.__class__.__name__})"
-        except RemoteProtocolError as exc:
-            reason = f"protocol error: {exc}"
+                    nursery.start_soon(self._guarded, self._writer(), nursery.cancel_scope)
+                    await self._guarded(self._reader(on_message), nursery.cancel_scope)
         finally:
             self._queue.clear()
             self._queued = 0
@@ -151,7 +147,19 @@ class PeerConnection:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await self.stream.aclose()
             self._closed.set()
-        return self._closing or reason
+        return self._closing or self._reason
+
+    async def _guarded(self, work: Awaitable[str | None], scope: trio.CancelScope) -> None:
+        """Run reader or writer; a broken channel ends both, quietly."""
+        try:
+            reason = await work
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = f"connection lost ({exc})"
+        except RemoteProtocolError as exc:
+            reason = f"protocol error: {exc}"
+        if reason:
+            self._reason = reason
+        scope.cancel()
 
     async def _reader(self, on_message: OnMessage) -> str:
         decoder = Decoder()
@@ -164,12 +172,11 @@ class PeerConnection:
             while (msg := decoder.next()) is not None:
                 await on_message(self, msg)
 
-    async def _writer(self, scope: trio.CancelScope) -> None:
+    async def _writer(self) -> str | None:
         while True:
             if not self._queue:
                 if self._closing is not None:
-                    scope.cancel()
-                    return
+                    return None
                 self._data = trio.Event()
                 await self._data.wait()
                 continue

@@ -91,6 +91,7 @@ class NodeConfig:
     watch_budget: int | None = None
     debounce: float = 0.1
     rebrowse_interval: float = 60.0
+    max_backoff: float = MAX_BACKOFF
     scan_progress: Progress | None = None
 
 
@@ -403,7 +404,7 @@ class Node:
     ) -> None:
         """Keep a connection to whoever listens at ``addresses:port``."""
         rng = random.Random()
-        backoff = 1.0
+        backoff = min(1.0, self.config.max_backoff)
         if delay:
             await trio.sleep(delay)
         while True:
@@ -421,9 +422,9 @@ class Node:
                 known_id = peer
                 await self._wait_gone(peer)
                 if trio.current_time() - started >= STABLE_CONNECTION:
-                    backoff = 1.0
+                    backoff = min(1.0, self.config.max_backoff)
             await trio.sleep(backoff * rng.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            backoff = min(backoff * 2, self.config.max_backoff)
 
     def _add_target(
         self,

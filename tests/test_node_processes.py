@@ -1,0 +1,173 @@
+"""Real ``syncron-p2p join`` processes on 127.0.0.1 (--no-mdns, --peer), real folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nodeproc import FAST, NodeProc, cli, tree, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def procs() -> Iterator[list[NodeProc]]:
+    started: list[NodeProc] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.stop(signal.SIGKILL)
+
+
+def start(procs: list[NodeProc], folder: Path, *args: str) -> NodeProc:
+    folder.mkdir(exist_ok=True)
+    node = NodeProc(folder, "--listen", "127.0.0.1:0", "--no-mdns", *FAST, *args)
+    procs.append(node)
+    node.wait_listening()
+    return node
+
+
+def converged(folders: list[Path]) -> bool:
+    trees = [tree(f) for f in folders]
+    return all(t == trees[0] for t in trees[1:])
+
+
+def three(procs: list[NodeProc], tmp_path: Path) -> list[NodeProc]:
+    a = start(procs, tmp_path / "a")
+    assert a.invite, a.lines
+    b = start(procs, tmp_path / "b", "--code", a.invite, "--peer", f"127.0.0.1:{a.port}")
+    c = start(
+        procs,
+        tmp_path / "c",
+        "--code",
+        a.invite,
+        "--peer",
+        f"127.0.0.1:{a.port}",
+        "--peer",
+        f"127.0.0.1:{b.port}",
+    )
+    nodes = [a, b, c]
+    wait_for(
+        lambda: all(sum(p["connected"] for p in n.status()["peers"]) == 2 for n in nodes),
+        30,
+        "a full mesh of three connections",
+    )
+    return nodes
+
+
+def test_three_nodes_converge_after_edits_on_each(procs: list[NodeProc], tmp_path: Path) -> None:
+    a, b, c = three(procs, tmp_path)
+    folders = [a.folder, b.folder, c.folder]
+    # a: files, nested dirs, an empty dir, an executable, a symlink
+    (a.folder / "docs").mkdir()
+    (a.folder / "docs" / "readme.txt").write_text("v1\n")
+    (a.folder / "empty").mkdir()
+    (a.folder / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(a.folder / "run.sh", 0o755)
+    os.symlink("docs/readme.txt", a.folder / "link")
+    (a.folder / "doomed.txt").write_text("delete me\n")
+    (a.folder / "old-name.txt").write_text("rename me\n")
+    wait_for(lambda: converged(folders), 60, "a's creations everywhere")
+    assert tree(c.folder)["run.sh"][1][1] is True  # exec bit travelled
+    assert tree(b.folder)["link"] == ("link", "docs/readme.txt")
+    assert tree(c.folder)["empty"] == ("dir", None)
+
+    # b modifies and deletes, c renames and drops the exec bit
+    (b.folder / "docs" / "readme.txt").write_text("v2 from b\n")
+    (b.folder / "doomed.txt").unlink()
+    (c.folder / "old-name.txt").rename(c.folder / "new-name.txt")
+    os.chmod(c.folder / "run.sh", 0o644)
+    (c.folder / "empty" / "sub").mkdir()
+
+    def done() -> bool:
+        t = tree(a.folder)
+        return (
+            converged(folders)
+            and t.get("docs/readme.txt") == ("file", (b"v2 from b\n", False))
+            and "doomed.txt" not in t
+            and "old-name.txt" not in t
+            and t.get("new-name.txt") == ("file", (b"rename me\n", False))
+            and t["run.sh"][1][1] is False
+            and t.get("empty/sub") == ("dir", None)
+        )
+
+    wait_for(done, 60, "b's and c's edits everywhere")
+    # the merkle roots agree too, and every node reports its peers in sync
+    wait_for(
+        lambda: len({n.status()["merkle_root"] for n in (a, b, c)}) == 1,
+        30,
+        "equal merkle roots",
+    )
+    wait_for(
+        lambda: all(all(p["in_sync"] for p in n.status()["peers"]) for n in (a, b, c)),
+        30,
+        "in_sync with every peer",
+    )
+    st = a.status()
+    assert st["pending"] == {"files": 0, "bytes": 0}
+    assert st["conflicts"] == 0
+    assert {p["node_id"] for p in st["peers"]} == {b.status()["node_id"], c.status()["node_id"]}
+    for n in (a, b, c):
+        assert n.stop() == 0
+        assert "Traceback" not in n.stderr()
+
+
+def sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_sigterm_mid_transfer_then_restart_converges(procs: list[NodeProc], tmp_path: Path) -> None:
+    a_dir = tmp_path / "a"
+    a_dir.mkdir()
+    big = a_dir / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(1 << 20))
+    want = sha(big)
+    a = start(procs, a_dir)
+    assert a.invite
+    b_dir = tmp_path / "b"
+    b = start(procs, b_dir, "--code", a.invite, "--peer", f"127.0.0.1:{a.port}")
+    tmp = b_dir / ".syncron" / "tmp"
+
+    def partial() -> bool:
+        return any(p.stat().st_size > 0 for p in tmp.glob("*.part"))
+
+    wait_for(partial, 60, "the transfer to start")
+    assert b.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in b.stderr()
+    # nothing half-written in the folder: the file is absent or complete
+    target = b_dir / "big.bin"
+    assert not target.exists() or sha(target) == want
+    assert {p.name for p in b_dir.iterdir()} <= {".syncron", "big.bin"}
+
+    b2 = start(procs, b_dir)  # remembers mesh, peers and options
+    wait_for(
+        lambda: target.exists() and target.stat().st_size == big.stat().st_size, 120, "big.bin"
+    )
+    assert sha(target) == want
+    wait_for(lambda: not list(tmp.glob("*.part")), 30, "temp files cleaned up")
+    assert b2.stop() == 0 and a.stop() == 0
+
+
+def test_second_node_on_one_folder_and_port_in_use(procs: list[NodeProc], tmp_path: Path) -> None:
+    a = start(procs, tmp_path / "a")
+    again = cli("join", a.folder, "--no-mdns", "--listen", "127.0.0.1:0", timeout=30)
+    assert again.returncode == 2
+    assert again.stderr.count("\n") == 1
+    assert "already running" in again.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    busy = cli("join", other, "--no-mdns", "--listen", f"127.0.0.1:{a.port}", timeout=30)
+    assert busy.returncode == 2, busy.stderr
+    assert "cannot listen on 127.0.0.1" in busy.stderr
+    assert "Traceback" not in busy.stderr
+    assert a.stop(signal.SIGINT) == 0
