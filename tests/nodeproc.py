@@ -41,7 +41,13 @@ def cli(
 class NodeProc:
     """One ``syncron-p2p join`` process; its stdout is read until it listens."""
 
-    def __init__(self, folder: Path, *args: str, prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *args: str,
+        prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.folder = folder
         self.args = list(args)
         self.log = folder.parent / f"{folder.name}.log"
@@ -51,6 +57,7 @@ class NodeProc:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
+            env=env,
         )
         self.lines: list[str] = []
         self.port = 0
