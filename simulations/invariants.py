@@ -9,7 +9,7 @@
    Only user-written versions count as superseding: the merged vector of a
    conflict winner dominates the loser too, but the loser must survive as a
    copy. Versions written by a node that then left the mesh for good are not
-   counted (nobody else may ever have seen them).
+   required (nobody else may ever have seen them), but they do supersede.
 4. *No resurrection*: a file deleted by a version that dominates every other
    written version of its path is not live anywhere.
 5. *Tombstones are collected* once stable (checked by the runner after extra
@@ -70,12 +70,14 @@ def _index_matches_disk(node: SimNode) -> list[str]:
 
 
 def _versions_by_path(world: World) -> dict[str, list[Written]]:
-    left = {n for n, s in world.nodes.items() if not s.member}
     by_path: dict[str, list[Written]] = defaultdict(list)
     for w in world.written:
-        if w.node not in left:
-            by_path[w.path].append(w)
+        by_path[w.path].append(w)
     return by_path
+
+
+def _left(world: World) -> set[str]:
+    return {n for n, s in world.nodes.items() if not s.member}
 
 
 def _superseded(w: Written, others: list[Written]) -> bool:
@@ -94,9 +96,10 @@ def _holdings(node: SimNode) -> dict[str, set[tuple[EntryType, bytes]]]:
 def _nothing_lost(world: World, live: list[SimNode]) -> list[str]:
     out: list[str] = []
     wanted: list[Written] = []
+    left = _left(world)
     for versions in _versions_by_path(world).values():
         for w in versions:
-            if not w.deleted and not _superseded(w, versions):
+            if w.node not in left and not w.deleted and not _superseded(w, versions):
                 wanted.append(w)
     for node in live:
         held = _holdings(node)
@@ -113,9 +116,10 @@ def _nothing_lost(world: World, live: list[SimNode]) -> list[str]:
 
 def _no_resurrection(world: World, live: list[SimNode]) -> list[str]:
     out: list[str] = []
+    left = _left(world)
     for path, versions in sorted(_versions_by_path(world).items()):
         for d in versions:
-            if not d.deleted or d.type == EntryType.DIRECTORY:
+            if not d.deleted or d.type == EntryType.DIRECTORY or d.node in left:
                 continue
             if all(d.record.version.dominates(o.record.version) for o in versions):
                 for node in live:

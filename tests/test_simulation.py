@@ -179,3 +179,17 @@ def test_cli_plot(tmp_path: Path) -> None:
         == 0
     )
     assert out.stat().st_size > 1000
+
+
+def test_a_version_from_a_node_that_left_still_supersedes() -> None:
+    world = World(4, timing=Timing(), degree=0, gc=False)
+    world.seed_folder(5)
+    for i in range(3):
+        world.add_node(f"n{i}")
+    world.build_overlay()
+    world.connect_all()
+    world.at(5.0, "edit", lambda: world.edit("n1", lambda d: d.write("d0/f0.txt", b"newer")))
+    world.at(30.0, "leave", lambda: world.crash("n1", leave=True))
+    world.run(until=300.0, stop=lambda: world.pending_actions == 0 and world.converged())
+    assert world.converged()
+    assert invariants.check(world) == []
