@@ -37,7 +37,7 @@ import blake3
 from syncron_p2p.config import Role, Timing
 from syncron_p2p.errors import RemoteProtocolError, UnsafePathError
 from syncron_p2p.index.merkle import MerkleTree
-from syncron_p2p.index.records import Block, EntryType, Record, mint
+from syncron_p2p.index.records import Block, EntryType, Record, entry_digest, mint
 from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.paths import parent, symlink_target_is_safe, validate
 from syncron_p2p.protocol.messages import (
@@ -131,12 +131,12 @@ class Job:
 
     target: Record  # record to install at target.path
     expect: Observation | None  # what must be at target.path before we touch it
-    move_local_to: str | None  # conflict: rename the local loser here first
-    extra: list[Record]  # more records to store when done (e.g. the conflict copy)
-    keep_local_fp: bool  # target's fingerprint is the existing local one (no install)
-    source_path: str  # path to name in block requests
+    remote: Record  # the received record this job carries out (re-merged on retry)
+    local: Record | None  # the local record of remote.path the plan was made against
     sources: list[str]
-    missing: dict[int, Block]
+    move_local_to: str | None = None  # conflict: rename the local loser here first
+    extra: list[Record] = field(default_factory=list)  # more records to store when done
+    missing: dict[int, Block] = field(default_factory=dict)
     inflight: dict[int, int] = field(default_factory=dict)  # block idx -> request id
     origin_peer: str = ""
     stalled_since: float | None = None
@@ -480,15 +480,7 @@ class Engine:
                 self.deletes[rec.path] = (res.result, origin)
                 return
             job = Job(
-                res.result,
-                expectation(local),
-                None,
-                [],
-                False,
-                rec.path,
-                sorted(sources),
-                {},
-                origin_peer=origin,
+                res.result, expectation(local), rec, local, sorted(sources), origin_peer=origin
             )
         else:  # CONFLICT
             assert res.loser is not None
@@ -504,12 +496,11 @@ class Engine:
                 job = Job(
                     res.result,
                     expectation(local),
-                    copy.path,
-                    [copy],
-                    False,
-                    rec.path,
+                    rec,
+                    local,
                     sorted(sources),
-                    {},
+                    move_local_to=copy.path,
+                    extra=[copy],
                     origin_peer=origin,
                 )
             else:
@@ -521,12 +512,10 @@ class Engine:
                 job = Job(
                     copy,
                     expectation(existing),
-                    None,
-                    [winner],
-                    False,
-                    rec.path,
+                    rec,
+                    local,
                     sorted(sources),
-                    {},
+                    extra=[winner],
                     origin_peer=origin,
                 )
         self._prepare(job, local)
@@ -582,7 +571,7 @@ class Engine:
                         peer,
                         BlockRequest(
                             rid,
-                            job.source_path,
+                            job.remote.path,
                             job.target.content_hash,
                             block.offset,
                             block.size,
@@ -628,6 +617,11 @@ class Engine:
         path = target.path
         expect = job.expect
         extra = list(job.extra)
+        if not _same_state(self.store.get(job.remote.path), job.local):
+            # The index changed while we fetched (a scan, another job): the plan
+            # is stale. Resolve the received record again against the new state.
+            self.retry[job.remote.path] = (self._now, job.remote, job.origin_peer)
+            return
         try:
             if job.move_local_to is not None and expect is not None:
                 moved = self.disk.move(path, job.move_local_to, expect)
@@ -936,6 +930,12 @@ def _local_sources(
             if b.hash in wanted:
                 out.setdefault(b.hash, []).append((donor.path, b.offset))
     return out
+
+
+def _same_state(a: Record | None, b: Record | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return entry_digest(a) == entry_digest(b) and a.fingerprint == b.fingerprint
 
 
 def _encode_vector(v: VersionVector) -> bytes:

@@ -92,6 +92,13 @@ class MemoryDisk:
             del self.entries[p]
 
     def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` (and everything below it) to ``dst``, which must not exist."""
+        validate(dst)
+        if dst in self.entries:
+            raise LocalChanged(f"{dst} already exists")
+        if dst.startswith(src + "/"):
+            raise LocalChanged(f"cannot move {src} into itself")
+        self._parents(dst)
         moved = {p: e for p, e in self.entries.items() if p == src or p.startswith(src + "/")}
         for p in moved:
             del self.entries[p]
