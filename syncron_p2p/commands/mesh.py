@@ -15,6 +15,7 @@ import typer
 
 from syncron_p2p.folder import check_folder
 from syncron_p2p.mesh import Mesh
+from syncron_p2p.node import control
 
 
 def init(
@@ -23,17 +24,21 @@ def init(
         str | None,
         typer.Option("--code", help="Join the mesh of this invite code instead of a new one."),
     ] = None,
+    role: Annotated[
+        str,
+        typer.Option("--role", help="send-receive (default), send-only or receive-only."),
+    ] = "send-receive",
 ) -> None:
     """Create this node's identity and a new mesh (or join one with --code)."""
     root = check_folder(folder)
     if code is None:
-        mesh = Mesh.create(root)
+        mesh = Mesh.create(root, role=role)
         typer.echo(f"Created a new mesh for {root}.")
         typer.echo(f"node id:     {mesh.node_id}")
         typer.echo(f"invite code: {mesh.invite_code()}")
         typer.echo("Give the invite code only to machines you trust: it admits them to the mesh.")
     else:
-        mesh = Mesh.join(root, code)
+        mesh = Mesh.join(root, code, role=role)
         typer.echo(f"Joined mesh {mesh.mesh_id.hex()} for {root}.")
         typer.echo(f"node id:     {mesh.node_id}")
         if mesh.secure_key is not None:
@@ -60,7 +65,8 @@ def peers(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List the peers this node has accepted, or remove one."""
-    mesh = Mesh.load(check_folder(folder))
+    root = check_folder(folder)
+    mesh = Mesh.load(root)
     if remove is not None:
         peer = mesh.peers.remove(remove)
         if as_json:
@@ -68,10 +74,12 @@ def peers(
         else:
             typer.echo(f"Removed {peer.node_id}: it is refused from now on.")
         return
+    live = control.query(root, {"cmd": "status"}) or {}
+    connected = {p["node_id"] for p in live.get("peers", []) if p.get("connected")}
     if as_json:
         listing = {
             "node_id": mesh.node_id,
-            "peers": [p.to_json() for p in mesh.peers],
+            "peers": [{**p.to_json(), "connected": p.node_id in connected} for p in mesh.peers],
         }
         typer.echo(json.dumps(listing, indent=2))
         return
@@ -80,7 +88,8 @@ def peers(
         typer.echo("no peers yet")
     for peer in mesh.peers:
         state = "removed" if peer.removed else "accepted"
-        typer.echo(f"{peer.node_id}  {state:8}  {peer.last_address or '-'}")
+        state += ", connected" if peer.node_id in connected else ""
+        typer.echo(f"{peer.node_id}  {state:19}  {peer.last_address or '-'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,263 @@
+"""The node's parts in-process: watcher, control socket, lock, options, discovery
+on 127.0.0.1, and two real Nodes over loopback TCP (one connection per pair,
+removed peers refused)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from syncron_p2p.config import Timing
+from syncron_p2p.errors import UsageError
+from syncron_p2p.mesh import Mesh
+from syncron_p2p.node import control
+from syncron_p2p.node.discovery import Discovery, Found
+from syncron_p2p.node.options import FolderLock, parse_hostport
+from syncron_p2p.node.runner import Node, NodeConfig
+from syncron_p2p.node.watcher import Watcher, plan_watches
+
+FAST = Timing(anti_entropy_period=1.0, heartbeat_interval=0.5, peer_timeout=4.0)
+
+# --------------------------------------------------------------- options
+
+
+def test_parse_hostport() -> None:
+    assert parse_hostport("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_hostport("[::1]:22100") == ("::1", 22100)
+    assert parse_hostport("pi.local", default_port=22100) == ("pi.local", 22100)
+    for bad in ("nohost", "h:99999", "h:port", ":5"):
+        with pytest.raises(UsageError):
+            parse_hostport(bad)
+
+
+def test_folder_lock_admits_one_node(tmp_path: Path) -> None:
+    first = FolderLock(tmp_path)
+    first.acquire()
+    assert FolderLock.held(tmp_path)
+    with pytest.raises(UsageError, match=f"pid {os.getpid()}"):
+        FolderLock(tmp_path).acquire()
+    first.release()
+    assert not FolderLock.held(tmp_path)
+    FolderLock(tmp_path).acquire()
+
+
+# --------------------------------------------------------------- watcher
+
+
+def test_plan_watches_within_budget() -> None:
+    dirs = [f"d{i}" for i in range(10)]
+    assert plan_watches(dirs, [], budget=100) == (True, [""])
+    recursive, chosen = plan_watches(dirs, ["d7", "d3", "gone", "d1"], budget=3)
+    assert not recursive
+    assert chosen == ["", "d7", "d3"]
+
+
+async def _next_batch(receive: trio.MemoryReceiveChannel[list[str] | None]) -> list[str] | None:
+    with trio.fail_after(5):
+        return await receive.receive()
+
+
+async def test_watcher_batches_changes_and_ignores_reads(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "existing.txt").write_text("x")
+    (tmp_path / ".syncron").mkdir()
+    watcher = Watcher(tmp_path, debounce=0.05)
+    await watcher.start(["sub"])
+    assert watcher.active
+    send, receive = trio.open_memory_channel[list[str] | None](8)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher.batches, send)
+            await trio.sleep(0.1)
+            (tmp_path / "sub" / "new.txt").write_text("hello")
+            (tmp_path / "top.txt").write_text("hello")
+            seen: set[str] = set()
+            while not {"", "sub"} <= seen:
+                batch = await _next_batch(receive)
+                assert batch is not None
+                seen.update(batch)
+            # reading files and writing node state produce no batch
+            (tmp_path / "sub" / "existing.txt").read_text()
+            (tmp_path / ".syncron" / "state").write_text("internal")
+            with trio.move_on_after(0.5) as quiet:
+                await receive.receive()
+            assert quiet.cancelled_caught
+            nursery.cancel_scope.cancel()
+    finally:
+        await watcher.stop()
+
+
+async def test_watcher_degrades_on_inotify_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from watchdog.observers.api import BaseObserver
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(BaseObserver, "schedule", full)
+    watcher = Watcher(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="syncron.watcher"):
+        await watcher.start([])
+    assert not watcher.active and watcher.degraded
+    lines = [r for r in caplog.records if "inotify limit reached" in r.getMessage()]
+    assert len(lines) == 1
+
+
+# --------------------------------------------------------------- control
+
+
+async def test_control_socket_is_owner_only_and_answers(tmp_path: Path) -> None:
+    (tmp_path / ".syncron").mkdir(mode=0o700)
+
+    async def handler(request: dict[str, object]) -> dict[str, object]:
+        return {"echo": request.get("cmd")}
+
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(control.serve, tmp_path, handler)
+        assert path == tmp_path / ".syncron" / "control.sock"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        reply = await trio.to_thread.run_sync(control.query, tmp_path, {"cmd": "status"})
+        assert reply == {"echo": "status"}
+        nursery.cancel_scope.cancel()
+    assert not path.exists()
+    assert await trio.to_thread.run_sync(control.query, tmp_path, {"cmd": "status"}) is None
+
+
+def test_control_socket_path_for_deep_folders(tmp_path: Path) -> None:
+    deep = tmp_path / ("x" * 120)
+    path = control.socket_path(deep)
+    assert len(os.fsencode(path)) <= 108
+    assert path == control.socket_path(deep)  # server and client agree
+
+
+# ------------------------------------------------------------- discovery
+
+
+async def test_discovery_on_loopback_finds_only_its_mesh() -> None:
+    """mDNS bound to 127.0.0.1 only (never another interface)."""
+    mine = Discovery(
+        node_id="AAAAA-AAAAA-AAAAA-AAAAA-AAAAA",
+        mesh_tag="tag-one",
+        port=40001,
+        interfaces=["127.0.0.1"],
+        listen_host="127.0.0.1",
+    )
+    peer = Discovery(
+        node_id="BBBBB-BBBBB-BBBBB-BBBBB-BBBBB",
+        mesh_tag="tag-one",
+        port=40002,
+        interfaces=["127.0.0.1"],
+        listen_host="127.0.0.1",
+    )
+    stranger = Discovery(
+        node_id="CCCCC-CCCCC-CCCCC-CCCCC-CCCCC",
+        mesh_tag="tag-two",
+        port=40003,
+        interfaces=["127.0.0.1"],
+        listen_host="127.0.0.1",
+    )
+    send, receive = trio.open_memory_channel[Found | object](16)
+    try:
+        await stranger.start()
+        await peer.start()
+        await mine.start()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mine.events, send)
+            with trio.fail_after(10):
+                event = await receive.receive()
+            assert isinstance(event, Found)
+            assert event.node_id == "BBBBB-BBBBB-BBBBB-BBBBB-BBBBB"
+            assert event.port == 40002 and event.addresses == ("127.0.0.1",)
+            with trio.move_on_after(1.5):
+                other = await receive.receive()
+                assert not (isinstance(other, Found) and other.port == 40003)
+            nursery.cancel_scope.cancel()
+    finally:
+        for d in (mine, peer, stranger):
+            await d.stop()
+
+
+# ----------------------------------------------------------- two nodes
+
+
+async def until(check: Callable[[], bool], limit: float) -> None:
+    """Poll a condition that has no event to wait on (the filesystem, peers)."""
+    with trio.fail_after(limit):
+        while True:
+            if check():
+                return
+            await trio.sleep(0.05)
+
+
+def _pair(tmp_path: Path) -> tuple[Mesh, Mesh]:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    ma = Mesh.create(a)
+    mb = Mesh.join(b, ma.invite_code())
+    return ma, mb
+
+
+def _config(folder: Path, port: int = 0, peers: list[tuple[str, int]] | None = None) -> NodeConfig:
+    return NodeConfig(
+        folder=folder,
+        listen=("127.0.0.1", port),
+        peers=peers or [],
+        mdns=False,
+        timing=FAST,
+        max_backoff=0.5,
+    )
+
+
+async def test_both_dial_at_once_one_connection_survives(tmp_path: Path) -> None:
+    ma, mb = _pair(tmp_path)
+    # reserve ports by starting, reading them, and restarting with peers
+    ports = []
+    for mesh in (ma, mb):
+        probe = Node(mesh, _config(mesh.folder))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(probe.run)
+            assert probe.listen_address is not None
+            ports.append(probe.listen_address[1])
+            await probe.stop()
+    a = Node(Mesh.load(ma.folder), _config(ma.folder, ports[0], [("127.0.0.1", ports[1])]))
+    b = Node(Mesh.load(mb.folder), _config(mb.folder, ports[1], [("127.0.0.1", ports[0])]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await until(lambda: len(a.connections) == 1 and len(b.connections) == 1, 20)
+        await trio.sleep(2.0)  # both dialled: duplicates are closed, one stays
+        assert len(a.connections) == len(b.connections) == 1
+        ca, cb = a.connections[b.node_id], b.connections[a.node_id]
+        assert ca.initiator_id == cb.initiator_id == min(a.node_id, b.node_id)
+        (ma.folder / "hello.txt").write_text("hi")
+        await until((mb.folder / "hello.txt").exists, 10)
+        status = await b.status()
+        assert status["peers"][0]["connected"] is True
+        await a.stop()
+        await b.stop()
+
+
+async def test_removed_peer_is_refused(tmp_path: Path) -> None:
+    ma, mb = _pair(tmp_path)
+    a = Node(ma, _config(ma.folder))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert a.listen_address is not None
+        # a knows b's key and has removed it
+        ma.peers.accept(mb.static.public)
+        ma.peers.remove(mb.node_id)
+        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
+        await nursery.start(b.run)
+        await trio.sleep(2.5)
+        assert a.connections == {} and b.connections == {}
+        await a.stop()
+        await b.stop()
