@@ -117,6 +117,7 @@ class World:
         self.actions: list[str] = []  # scenario actions with times: the replay script
         self.template: tuple[MemoryStore, MemoryDisk] | None = None
         self.pending_actions = 0
+        self._nbrs: dict[str, list[str]] | None = None  # neighbours cache (None: stale)
 
     # ============================================================ building
 
@@ -174,6 +175,7 @@ class World:
             self.overlay = full_mesh(names)
         else:
             self.overlay = random_overlay(names, self.degree, self.rng)
+        self._nbrs = None
 
     def members_of(self, name: str) -> list[str]:
         """Whom a node must hear from before collecting a tombstone.
@@ -185,14 +187,16 @@ class World:
         """
         if self.full_mesh:
             return sorted(n for n, s in self.nodes.items() if s.member)
-        return sorted(
-            b if a == name else a
-            for a, b in self.overlay
-            if name in (a, b) and self.nodes[b if a == name else a].member
-        )
+        return [n for n in self.neighbours(name) if self.nodes[n].member]
 
     def neighbours(self, name: str) -> list[str]:
-        return sorted(b if a == name else a for a, b in self.overlay if name in (a, b))
+        if self._nbrs is None:
+            nbrs: dict[str, list[str]] = {}
+            for a, b in sorted(self.overlay):
+                nbrs.setdefault(a, []).append(b)
+                nbrs.setdefault(b, []).append(a)
+            self._nbrs = {k: sorted(v) for k, v in nbrs.items()}
+        return self._nbrs.get(name, [])
 
     # ============================================================ the queue
 
@@ -372,6 +376,7 @@ class World:
         if leave:
             node.member = False
             self.overlay = {e for e in self.overlay if name not in e}
+            self._nbrs = None
 
     def restart(self, name: str, *, lose_database: bool = False) -> None:
         """Start a stopped node again (new engine; same index unless it was lost)."""
@@ -399,6 +404,7 @@ class World:
         picks = self.rng.sample(others, k) if k < len(others) else others
         for peer in picks:
             self.overlay.add(edge(name, peer))
+            self._nbrs = None
             self._push(self.now + self.rng.uniform(0, 0.5), _DIAL, name, peer, None)
 
     def _leave_roots(self, node: SimNode) -> None:
