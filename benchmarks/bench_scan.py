@@ -98,8 +98,9 @@ def evict(root: Path) -> None:
 
 
 def run_scan(root: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", SCAN_CHILD, str(root)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCAN_CHILD, str(root)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)
 
 
@@ -107,14 +108,16 @@ def run_b3sum(root: Path) -> float:
     files = [str(p) for p in root.rglob("*") if p.is_file() and ".syncron" not in p.parts]
     t = time.perf_counter()
     for i in range(0, len(files), 2000):
-        subprocess.run(["b3sum", "--no-names", *files[i : i + 2000]], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["b3sum", "--no-names", *files[i : i + 2000]], check=True, stdout=subprocess.DEVNULL
+        )
     return time.perf_counter() - t
 
 
 def run_walk(root: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", WALK_CHILD, str(root)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", WALK_CHILD, str(root)], capture_output=True, text=True, check=True
+    )
     return float(out.stdout.split()[0])
 
 
@@ -163,8 +166,12 @@ def main() -> None:
         print(json.dumps(row))
     if not args.keep:
         shutil.rmtree(args.scratch)
-    print("python", sys.version.split()[0], "maxrss(children) MB",
-          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    print(
+        "python",
+        sys.version.split()[0],
+        "maxrss(children) MB",
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    )
 
 
 if __name__ == "__main__":

@@ -178,16 +178,15 @@ class World:
         self._nbrs = None
 
     def members_of(self, name: str) -> list[str]:
-        """Whom a node must hear from before collecting a tombstone.
+        """Whom a node must hear from before collecting a tombstone: every member.
 
-        Full mesh: every member (that is the engine's causal stability).
-        Overlay: the node's overlay neighbours, since it never exchanges roots
-        with anyone else; a tombstone then leaves a node only once all its
-        neighbours hold it, which by induction is safe on a fixed overlay.
+        On an overlay a node never exchanges roots with non-neighbours, so it
+        never collects there. Using only its neighbours would be unsafe once
+        collections propagate (a node told "collected" may still have a
+        neighbour that never saw the tombstone and keeps the older live
+        version forever), so overlays simply keep their tombstones.
         """
-        if self.full_mesh:
-            return sorted(n for n, s in self.nodes.items() if s.member)
-        return [n for n in self.neighbours(name) if self.nodes[n].member]
+        return sorted(n for n, s in self.nodes.items() if s.member)
 
     def neighbours(self, name: str) -> list[str]:
         if self._nbrs is None:

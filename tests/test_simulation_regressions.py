@@ -1,8 +1,10 @@
-"""Engine bugs found by the simulator, as minimal failing reproductions.
+"""Engine bugs the simulator found, kept as regression tests.
 
-Each is ``xfail(strict=True)``: it fails today because of the engine, and the
-suite will say so (XPASS -> failure) the day the engine is fixed, so the mark
-can be removed.
+Tombstone collection once deadlocked: node A forgot tombstone T after every
+member had shown it a matching root, while member B, holding T, never again
+saw A's root match its own (A's lacked T, and A ignored T when offered it), so
+B never collected T and the roots never agreed. A collecting node now tells
+such a peer (``Collected``), and the peer collects it too.
 """
 
 from __future__ import annotations
@@ -10,28 +12,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 # The harness is a top-level package beside syncron_p2p, not installed with it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulations.runner import run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: tombstone GC deadlock. Node A forgets tombstone T once every member"
-        " sent it a matching root; a member B that holds T but has not yet received a"
-        " matching root from A can then never get one (A's root lacks T forever, and"
-        " A ignores T via FORGOTTEN), so B never collects T and the roots never agree"
-    ),
-)
 def test_tombstone_collection_does_not_split_the_mesh() -> None:
     # random, 8 nodes (full mesh), seed 1: partitions, a crash, 2% message loss.
     # With gc=False the very same run converges with no violation (see below).
     report = run("random", 8, 1)
-    assert report.converged, report.invariant_violations
+    assert report.converged and not report.invariant_violations, report.invariant_violations
+    assert report.tombstones_left == 0
 
 
 def test_same_run_without_tombstone_collection_converges() -> None:

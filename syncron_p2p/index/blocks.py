@@ -113,6 +113,9 @@ def verify_block(data: bytes | bytearray | memoryview, expected_hash: bytes) -> 
     return blake3.blake3(data).digest() == expected_hash
 
 
+_SMALL_FILE = 4 * 1024 * 1024  # below this, read whole (at most one allocation of its size)
+
+
 def hash_file(path: os.PathLike[str] | str) -> FileDigest:
     """Hash the file at ``path``: blake3 of its content and its block list.
 
@@ -120,6 +123,14 @@ def hash_file(path: os.PathLike[str] | str) -> FileDigest:
     result describes exactly the bytes read, even if the file changed
     meanwhile; raises ``OSError`` as ``open``/``read`` do.
     """
+    with open(path, "rb", buffering=0) as f:
+        if os.fstat(f.fileno()).st_size < _SMALL_FILE:
+            # Most files are small: one read, no big buffer to allocate and zero.
+            data = f.read(_SMALL_FILE)
+            if len(data) < _SMALL_FILE:
+                if not data:
+                    return FileDigest(EMPTY_HASH, 0, ())
+                return FileDigest(blake3.blake3(data).digest(), len(data), tuple(chunk_bytes(data)))
     content = blake3.blake3(max_threads=blake3.blake3.AUTO)
     blocks: list[Block] = []
     buffer = bytearray(_READ_BUFFER)

@@ -21,6 +21,7 @@ from syncron_p2p.protocol.messages import (
     BlockData,
     BlockMissing,
     BlockRequest,
+    Collected,
     Goodbye,
     Hello,
     Message,
@@ -57,6 +58,7 @@ TYPE_IDS: dict[type, int] = {
     BlockRequest: 11,
     BlockData: 12,
     BlockMissing: 13,
+    Collected: 14,
 }
 
 
@@ -125,6 +127,8 @@ def _body(msg: Message) -> list[Any]:
             return [msg.request_id, msg.data]
         case BlockMissing():
             return [msg.request_id]
+        case Collected():
+            return [[[path, v.encode()] for path, v in msg.entries]]
     raise TypeError(f"not a message: {msg!r}")  # pragma: no cover
 
 
@@ -190,13 +194,7 @@ def decode_record(v: Any) -> Record:
     except ValueError:
         raise _fail("bad entry type") from None
     size = _int(size, 0, MAX_FILE_SIZE)
-    entries = []
-    for item in _list(version, 4096):
-        actor, counter = _fields(item, 2)
-        entries.append((_str(actor, 256), _int(counter, 1)))
-    actors = [a for a, _ in entries]
-    if actors != sorted(set(actors)):
-        raise _fail("version vector not canonical")
+    vector = _vector(version)
     raw = _bytes(blocks, limit=MAX_FRAME)
     step = 4 + HASH_SIZE
     if len(raw) % step:
@@ -224,9 +222,25 @@ def decode_record(v: Any) -> Record:
         target=_str(target, 4096),
         origin=_str(origin, 256),
         origin_sum=_int(osum),
-        version=VersionVector(tuple(entries)),
+        version=vector,
         blocks=tuple(parsed),
     )
+
+
+def _vector(v: Any) -> VersionVector:
+    entries = []
+    for item in _list(v, 4096):
+        actor, counter = _fields(item, 2)
+        entries.append((_str(actor, 256), _int(counter, 1)))
+    actors = [a for a, _ in entries]
+    if actors != sorted(set(actors)):
+        raise _fail("version vector not canonical")
+    return VersionVector(tuple(entries))
+
+
+def _collected(v: Any) -> tuple[str, VersionVector]:
+    path, vector = _fields(v, 2)
+    return _str(path, 4096), _vector(vector)
 
 
 def _summary(v: Any) -> NodeSummary:
@@ -286,6 +300,7 @@ _DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
     ),
     12: (2, lambda f: BlockData(_int(f[0]), _bytes(f[1], limit=MAX_BLOCK))),
     13: (1, lambda f: BlockMissing(_int(f[0]))),
+    14: (1, lambda f: Collected(tuple(_collected(x) for x in _list(f[0], 4096)))),
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from syncron_p2p.index.records import Record
+from syncron_p2p.index.versions import VersionVector
 
 PROTOCOL_NAME = "syncron-p2p"
 PROTOCOL_VERSION = 1
@@ -140,6 +141,17 @@ class BlockMissing:
     request_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Collected:
+    """The sender has forgotten these tombstones: every member held them.
+
+    A receiver whose own record for such a path is a tombstone the given
+    vector dominates forgets it too (protocol.md §10).
+    """
+
+    entries: tuple[tuple[str, VersionVector], ...]
+
+
 Message = (
     Hello
     | Goodbye
@@ -154,4 +166,5 @@ Message = (
     | BlockRequest
     | BlockData
     | BlockMissing
+    | Collected
 )

@@ -44,6 +44,7 @@ from syncron_p2p.protocol.messages import (
     BlockData,
     BlockMissing,
     BlockRequest,
+    Collected,
     Goodbye,
     Hello,
     Message,
@@ -312,6 +313,8 @@ class Engine:
                 self._on_block(peer, state, msg.request_id, msg.data)
             case BlockMissing():
                 self._on_block(peer, state, msg.request_id, None)
+            case Collected():
+                self._on_collected(msg)
 
     # ------------------------------------------------------ anti-entropy
 
@@ -400,8 +403,19 @@ class Engine:
             unsafe_link = not symlink_target_is_safe(rec.path, rec.target)
             if rec.type == EntryType.SYMLINK and not rec.deleted and unsafe_link:
                 raise UnsafePathError(f"symlink {rec.path!r} points outside the folder")
+        collected: list[tuple[str, VersionVector]] = []
         for rec in msg.records:
+            forgotten = self._forgotten(rec.path)
+            covered = forgotten is not None and forgotten.dominates(rec.version)
+            if forgotten is not None and covered and self.store.get(rec.path) is None:
+                # We collected this tombstone (or what it superseded): tell the
+                # peer, so it collects it too instead of waiting forever for
+                # our root to match its own.
+                collected.append((rec.path, forgotten))
+                continue
             self._merge(peer, rec)
+        if collected:
+            self._send(peer, Collected(tuple(collected)))
 
     # ------------------------------------------------------------ merging
 
@@ -445,11 +459,25 @@ class Engine:
         self.deletes.pop(rec.path, None)
 
     def _forgotten_covers(self, rec: Record) -> bool:
-        raw = self.store.kv_get(FORGOTTEN_NS, rec.path)
-        if raw is None:
-            return False
-        forgotten = _decode_vector(raw)
-        return forgotten.dominates(rec.version)
+        forgotten = self._forgotten(rec.path)
+        return forgotten is not None and forgotten.dominates(rec.version)
+
+    def _forgotten(self, path: str) -> VersionVector | None:
+        raw = self.store.kv_get(FORGOTTEN_NS, path)
+        return None if raw is None else _decode_vector(raw)
+
+    def _on_collected(self, msg: Collected) -> None:
+        """A member collected these tombstones, so every member held them: so may we."""
+        doomed: list[str] = []
+        for path, vector in msg.entries:
+            validate(path)
+            local = self.store.get(path)
+            if local is not None and local.deleted and vector.dominates(local.version):
+                self.store.kv_put(FORGOTTEN_NS, path, _encode_vector(vector))
+                doomed.append(path)
+        if doomed:
+            self.store.forget(doomed)
+            self._notice("collected", "", f"{len(doomed)} tombstones collected by a peer")
 
     # ------------------------------------------------------------- jobs
 

@@ -1,0 +1,270 @@
+"""Sync benchmark (issue 4): two real nodes on 127.0.0.1 against ``rsync --daemon``.
+
+Measured in one run, same data, same machine:
+
+1. initial sync of ~1 GiB in ~10,000 files, and of 50,000 small files:
+   wall time and bytes on the wire (loopback interface counters, so both tools
+   are counted the same way, protocol overhead and encryption included);
+2. one small file changed: time until the peer has it (syncron: watcher on,
+   polled every 5 ms; rsync: one incremental run);
+3. a 1 GiB file with 1 MiB overwritten in place, then with 1 MiB inserted in
+   its middle: bytes on the wire until the peer has the new content.
+
+Run: ``python benchmarks/bench_sync.py [--scratch DIR] [--big-mib 1024]
+[--small 50000]``. Needs ``rsync``. Prints one JSON object per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CLI = [sys.executable, "-c", "from syncron_p2p.cli import main; main()"]
+TIMING = ["--anti-entropy", "2", "--scan-interval", "30"]
+
+
+def lo_bytes() -> int:
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name.strip() == "lo":
+            return int(rest.split()[0])
+    raise RuntimeError("no loopback counters")
+
+
+def wait(check: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if check():
+            return time.perf_counter() - t0
+        time.sleep(step)
+    raise TimeoutError("benchmark step timed out")
+
+
+class Node:
+    def __init__(self, folder: Path, *args: str) -> None:
+        self.folder = folder
+        self.proc = subprocess.Popen(
+            [*CLI, "join", str(folder), "--listen", "127.0.0.1:0", "--no-mdns", *TIMING, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.port = 0
+        self.code = ""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "invite code:" in line:
+                self.code = line.rsplit(":", 1)[1].strip()
+            if line.startswith("listening on "):
+                self.port = int(line.rsplit(":", 1)[1])
+                break
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run(
+            [*CLI, "status", str(self.folder), "--json"], capture_output=True, text=True, timeout=60
+        )
+        return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def in_sync(a: Node, b: Node) -> bool:
+    sa, sb = a.status(), b.status()
+    return bool(
+        sa and sb and sa["merkle_root"] == sb["merkle_root"] and sb["pending"]["files"] == 0
+    )
+
+
+class RsyncDaemon:
+    def __init__(self, root: Path, work: Path) -> None:
+        self.port = 28873
+        conf = work / "rsyncd.conf"
+        conf.write_text(
+            f"use chroot = no\nport = {self.port}\naddress = 127.0.0.1\n"
+            f"[data]\npath = {root}\nread only = yes\nuid = root\ngid = root\n"
+        )
+        self.proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}"])
+        time.sleep(0.5)
+
+    def pull(self, dest: Path) -> tuple[float, int]:
+        before = lo_bytes()
+        t0 = time.perf_counter()
+        subprocess.run(
+            [
+                "rsync",
+                "-a",
+                "--delete",
+                "--exclude=.syncron",
+                f"rsync://127.0.0.1:{self.port}/data/",
+                f"{dest}/",
+            ],
+            check=True,
+        )
+        return time.perf_counter() - t0, lo_bytes() - before
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def make_tree(root: Path, total: int, lo: int, hi: int, rnd: random.Random) -> None:
+    made = i = 0
+    while made < total:
+        size = rnd.randint(lo, hi)
+        d = root / f"d{i % 200:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:06d}.bin").write_bytes(rnd.randbytes(size))
+        made += size
+        i += 1
+
+
+def make_count(root: Path, count: int, rnd: random.Random) -> None:
+    for i in range(count):
+        d = root / f"s{i % 500:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"n{i:06d}.txt").write_bytes(rnd.randbytes(rnd.randint(64, 4096)))
+
+
+def initial_sync(name: str, src: Path, work: Path) -> None:
+    # syncron: A holds the data, B joins empty.
+    a = Node(src)
+    b_dir = work / f"{name}-b"
+    b_dir.mkdir()
+    wait(lambda: bool(a.status().get("merkle_root")), 600, 0.5)
+    before = lo_bytes()
+    t0 = time.perf_counter()
+    b = Node(b_dir, "--code", a.code, "--peer", f"127.0.0.1:{a.port}")
+    wait(lambda: in_sync(a, b), 3600, 0.5)
+    ours = time.perf_counter() - t0
+    ours_bytes = lo_bytes() - before
+    # small-file latency on the same pair, watcher on
+    latencies = []
+    for i in range(10):
+        target = src / f"latency-{i}.txt"
+        payload = f"edit {i} {time.time()}".encode()
+        t1 = time.perf_counter()
+        target.write_bytes(payload)
+        wait(lambda t=b_dir / target.name, p=payload: t.exists() and t.read_bytes() == p, 60, 0.005)
+        latencies.append(time.perf_counter() - t1)
+    a.stop()
+    b.stop()
+    # rsync: the same data into an empty directory, then the small change
+    daemon = RsyncDaemon(src, work)
+    r_dir = work / f"{name}-rsync"
+    r_dir.mkdir()
+    r_time, r_bytes = daemon.pull(r_dir)
+    (src / "latency-rsync.txt").write_bytes(b"one more edit")
+    r_small, _ = daemon.pull(r_dir)
+    daemon.stop()
+    latencies.sort()
+    print(
+        json.dumps(
+            {
+                "measure": f"initial sync {name}",
+                "syncron_s": round(ours, 2),
+                "rsync_s": round(r_time, 2),
+                "time_ratio": round(ours / r_time, 2),
+                "syncron_wire_mib": round(ours_bytes / 2**20, 1),
+                "rsync_wire_mib": round(r_bytes / 2**20, 1),
+                "small_change_syncron_median_s": round(latencies[len(latencies) // 2], 3),
+                "small_change_rsync_run_s": round(r_small, 3),
+            }
+        ),
+        flush=True,
+    )
+    shutil.rmtree(b_dir)
+    shutil.rmtree(r_dir)
+
+
+def big_file_edits(work: Path, size_mib: int, rnd: random.Random) -> None:
+    a_dir, b_dir, r_dir = work / "edit-a", work / "edit-b", work / "edit-rsync"
+    for d in (a_dir, b_dir, r_dir):
+        d.mkdir()
+    big = a_dir / "big.bin"
+    with big.open("wb") as fh:
+        for _ in range(size_mib):
+            fh.write(rnd.randbytes(2**20))
+    a = Node(a_dir)
+    wait(lambda: bool(a.status().get("merkle_root")), 600, 0.5)
+    b = Node(b_dir, "--code", a.code, "--peer", f"127.0.0.1:{a.port}")
+    wait(lambda: in_sync(a, b), 3600, 0.5)
+    daemon = RsyncDaemon(a_dir, work)
+    daemon.pull(r_dir)
+    results: dict[str, Any] = {"measure": f"edits in a {size_mib} MiB file"}
+    for label, edit in (("overwrite_1mib", "overwrite"), ("insert_1mib", "insert")):
+        data = bytearray(big.read_bytes())
+        middle = len(data) // 2 + 12345
+        blob = rnd.randbytes(2**20)
+        if edit == "overwrite":
+            data[middle : middle + len(blob)] = blob
+        else:
+            data[middle:middle] = blob
+        before = lo_bytes()
+        big.write_bytes(bytes(data))
+        expected = bytes(data)
+        wait(
+            lambda e=expected: (
+                (b_dir / "big.bin").stat().st_size == len(e)
+                and (b_dir / "big.bin").read_bytes() == e
+            ),
+            600,
+            0.5,
+        )
+        ours = lo_bytes() - before
+        _, theirs = daemon.pull(r_dir)
+        results[f"{label}_syncron_wire_mib"] = round(ours / 2**20, 2)
+        results[f"{label}_rsync_wire_mib"] = round(theirs / 2**20, 2)
+    daemon.stop()
+    a.stop()
+    b.stop()
+    print(json.dumps(results), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--scratch", type=Path, default=Path("/tmp/syncron-bench-sync"))
+    ap.add_argument("--big-mib", type=int, default=1024)
+    ap.add_argument("--small", type=int, default=50_000)
+    ap.add_argument("--only", choices=["big", "small", "edits"], default=None)
+    args = ap.parse_args()
+    if not shutil.which("rsync"):
+        sys.exit("rsync is not installed (apt-get install rsync)")
+    shutil.rmtree(args.scratch, ignore_errors=True)
+    args.scratch.mkdir(parents=True)
+    rnd = random.Random(7)
+    try:
+        if args.only in (None, "big"):
+            src = args.scratch / "big-a"
+            make_tree(src, args.big_mib * 2**20, 16 * 1024, 200 * 1024, rnd)
+            initial_sync("big", src, args.scratch)
+            shutil.rmtree(src)
+        if args.only in (None, "small"):
+            src = args.scratch / "small-a"
+            make_count(src, args.small, rnd)
+            initial_sync("small", src, args.scratch)
+            shutil.rmtree(src)
+        if args.only in (None, "edits"):
+            big_file_edits(args.scratch, args.big_mib, rnd)
+    finally:
+        shutil.rmtree(args.scratch, ignore_errors=True)
+        os.sync()
+
+
+if __name__ == "__main__":
+    main()
