@@ -37,7 +37,7 @@ from syncron_p2p.index.scanner import Scanner
 root = Path(sys.argv[1])
 t = time.perf_counter()
 with Index.open(root, "BENCH") as index:
-    r = Scanner(root, index).scan()
+    r = Scanner(root, index, collect_changes=False).scan()
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "files": r.files, "hashed": r.hashed_files,
                   "hashed_bytes": r.hashed_bytes,

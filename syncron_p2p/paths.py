@@ -17,6 +17,7 @@ scattered in the CLI: here there is one module).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import unicodedata
 from pathlib import Path
@@ -79,6 +80,42 @@ def validate(rel: str) -> str:
     if parts[0] == STATE_DIR:
         raise UnsafePathError(f"path inside the node's state directory: {rel!r}")
     return rel
+
+
+_BAD_NAME_CHARS = re.compile(r"[\x00-\x1f/\\]")
+
+
+def name_problem(name: str, depth: int = 0) -> str | None:
+    """Why one path component is not allowed (None if it is).
+
+    The scanner checks each name once, under an already validated parent,
+    instead of re-validating the whole path; :func:`validate` is the same rule
+    applied to every component.
+    """
+    if name in ("", ".", ".."):
+        return f"name {name!r} not allowed"
+    if name.isascii() and len(name) <= MAX_NAME_BYTES and depth < MAX_DEPTH:
+        # the common case: ASCII is valid UTF-8 and always NFC
+        if _BAD_NAME_CHARS.search(name):
+            return f"control character, slash or backslash in name {name!r}"
+        if depth == 0 and name == STATE_DIR:
+            return "the node's state directory"
+        return None
+    if _BAD_NAME_CHARS.search(name):
+        return f"control character, slash or backslash in name {name!r}"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8"
+    if size > MAX_NAME_BYTES:
+        return f"name longer than {MAX_NAME_BYTES} bytes"
+    if not unicodedata.is_normalized("NFC", name):
+        return "name is not NFC-normalised"
+    if depth == 0 and name == STATE_DIR:
+        return "the node's state directory"
+    if depth >= MAX_DEPTH:
+        return f"path deeper than {MAX_DEPTH} levels"
+    return None
 
 
 def is_valid(rel: str) -> bool:

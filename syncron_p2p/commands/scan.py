@@ -26,7 +26,7 @@ def _summary(result: ScanResult, index: Index, with_entries: bool) -> dict[str, 
         "bytes": result.total_bytes,
         "hashed_files": result.hashed_files,
         "hashed_bytes": result.hashed_bytes,
-        "changed": len(result.changed),
+        "changed": result.changed_count,
         "errors": [{"path": e.path, "reason": e.reason} for e in result.errors],
         "merkle_root": result.merkle_root.hex(),
         "node_id": index.node_id,
@@ -53,7 +53,7 @@ def scan_folder(
     me = node_id(load_or_create_identity(root).public)
     index = Index.open(root, me)
     if not show_progress:
-        return Scanner(root, index, sync_git=sync_git).scan(), {}, index
+        return Scanner(root, index, sync_git=sync_git, collect_changes=False).scan(), {}, index
     console = Console(stderr=True)
     with Progress(
         TextColumn("scanning"),
@@ -68,7 +68,9 @@ def scan_folder(
         def report(entries: int, hashed: int) -> None:
             progress.update(task, entries=entries, mib=hashed / 2**20)
 
-        result = Scanner(root, index, sync_git=sync_git, progress=report).scan()
+        result = Scanner(
+            root, index, sync_git=sync_git, progress=report, collect_changes=False
+        ).scan()
     return result, {}, index
 
 

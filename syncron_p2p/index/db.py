@@ -95,6 +95,10 @@ _COLUMNS = (
 )
 
 
+# (type, deleted, mode, target, fp_size, fp_mtime_ns, fp_inode, fp_ctime_ns)
+Known = tuple[int, int, int, str, int | None, int | None, int | None, int | None]
+
+
 def pack_blocks(blocks: Iterable[Block]) -> bytes:
     out = bytearray()
     for b in blocks:
@@ -215,6 +219,19 @@ class Index:
         """Records whose parent directory is ``directory`` ("" for the root)."""
         rows = self._conn.execute(f"SELECT {_COLUMNS} FROM records WHERE parent=?", (directory,))
         return [_row_to_record(r) for r in rows]
+
+    def known(self, directory: str) -> dict[str, Known]:
+        """Just what the scanner compares, for the entries of ``directory``.
+
+        Far cheaper than :meth:`children` (no block lists or vectors decoded,
+        plain tuples): an unchanged rescan only ever needs this.
+        """
+        rows = self._conn.execute(
+            "SELECT path, type, deleted, mode, target, fp_size, fp_mtime_ns, fp_inode,"
+            " fp_ctime_ns FROM records WHERE parent=?",
+            (directory,),
+        )
+        return {row[0]: row[1:] for row in rows}
 
     def subtree(self, directory: str) -> Iterator[Record]:
         """Every record strictly below ``directory``, in path order."""

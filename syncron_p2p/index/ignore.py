@@ -391,6 +391,8 @@ class IgnoreRules:
             return True
         if rel_path == STATE_DIR:
             return True
+        if not self.patterns:
+            return False
         path = rel_path.encode("utf-8", "surrogateescape")
         matcher = self._dirs if is_dir else self._files
         return matcher.matches(path, name.encode("utf-8", "surrogateescape"))

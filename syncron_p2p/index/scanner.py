@@ -37,9 +37,8 @@ from pathlib import Path
 
 import blake3
 
-from syncron_p2p.errors import UnsafePathError
 from syncron_p2p.index.blocks import FileDigest, hash_file
-from syncron_p2p.index.db import Index
+from syncron_p2p.index.db import Index, Known
 from syncron_p2p.index.ignore import IgnoreRules
 from syncron_p2p.index.records import (
     EMPTY_HASH,
@@ -50,7 +49,7 @@ from syncron_p2p.index.records import (
     mint,
     tombstone,
 )
-from syncron_p2p.paths import STATE_DIR, validate
+from syncron_p2p.paths import STATE_DIR, name_problem, symlink_target_is_safe
 
 HASH_RETRIES = 3
 FILE_MODE_EXEC = 0o755
@@ -78,7 +77,8 @@ class ScanResult:
     total_bytes: int = 0
     hashed_files: int = 0
     hashed_bytes: int = 0
-    changed: list[Record] = field(default_factory=list)
+    changed: list[Record] = field(default_factory=list)  # empty unless collected
+    changed_count: int = 0
     errors: list[ScanError] = field(default_factory=list)
     merkle_root: bytes = b""
 
@@ -99,7 +99,6 @@ def fingerprint(st: os.stat_result) -> StatFingerprint:
 class _Pending:
     rel: str
     abspath: str
-    old: Record | None
     fp: StatFingerprint
     mode: int
 
@@ -115,12 +114,16 @@ class Scanner:
         sync_git: bool = False,
         workers: int = 2,
         progress: Progress | None = None,
+        collect_changes: bool = True,
     ) -> None:
         self.folder = folder
         self.index = index
         self.sync_git = sync_git
         self.workers = max(1, workers)
         self.progress = progress
+        # The node needs the changed records (to push them); a one-off scan of
+        # a huge tree does not, and keeping them would grow memory with it.
+        self.collect_changes = collect_changes
 
     # ---------------------------------------------------------------- public
 
@@ -192,7 +195,8 @@ class Scanner:
 
     def _scan_dir(self, directory: str, rules: IgnoreRules) -> list[str]:
         abs_dir = os.path.join(self.folder, directory) if directory else str(self.folder)
-        known = {r.path: r for r in self.index.children(directory)}
+        known = self.index.known(directory)
+        depth = directory.count("/") + 1 if directory else 0
         present: set[str] = set()
         subdirs: list[str] = []
         try:
@@ -203,20 +207,17 @@ class Scanner:
             return []  # nothing below it is tombstoned: we could not look
         for entry in entries:
             name = entry.name
-            if not directory and name == STATE_DIR:
+            if depth == 0 and name == STATE_DIR:
                 continue
             rel = f"{directory}/{name}" if directory else name
-            if not _is_utf8(name):
-                self._error(_printable(rel), "name is not valid UTF-8; skipped")
-                continue
-            if unicodedata.normalize("NFC", name) != name:
-                self._error(rel, "name is not NFC-normalised; skipped")
-                present.add(unicodedata.normalize("NFC", rel))
-                continue
-            try:
-                validate(rel)
-            except UnsafePathError as exc:
-                self._error(rel, str(exc))
+            problem = name_problem(name, depth)
+            if problem is not None:
+                if "UTF-8" in problem:
+                    self._error(_printable(rel), f"{problem}; skipped")
+                    continue
+                self._error(rel, f"{problem}; skipped")
+                if "NFC" in problem:
+                    present.add(unicodedata.normalize("NFC", rel))
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -224,41 +225,60 @@ class Scanner:
                 self._error(rel, f"cannot stat: {exc.strerror}")
                 present.add(rel)
                 continue
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if rules.is_ignored(rel, is_dir):
-                present.add(rel)  # ignored: leave its record (if any) untouched
-                continue
+            mode = st.st_mode
+            is_dir = stat.S_ISDIR(mode)
             present.add(rel)
+            if rules.is_ignored(rel, is_dir):
+                continue  # ignored: leave its record (if any) untouched
             self._seen += 1
             old = known.get(rel)
+            live = old is not None and not old[1]
             if is_dir:
                 self._result.directories += 1
-                self._directory(rel, old)
+                if not (live and old is not None and old[0] == EntryType.DIRECTORY):
+                    self._directory(rel)
                 subdirs.append(rel)
-            elif stat.S_ISLNK(st.st_mode):
+            elif stat.S_ISLNK(mode):
                 self._result.symlinks += 1
-                self._symlink(rel, entry.path, old)
-            elif stat.S_ISREG(st.st_mode):
+                self._symlink(rel, entry.path, old if live else None)
+            elif stat.S_ISREG(mode):
                 self._result.files += 1
                 self._result.total_bytes += st.st_size
-                self._file(rel, entry.path, st, old)
+                fmode = FILE_MODE_EXEC if mode & stat.S_IXUSR else FILE_MODE_PLAIN
+                if (
+                    live
+                    and old is not None
+                    and old[0] == EntryType.FILE
+                    and old[2] == fmode
+                    and old[4] == st.st_size
+                    and old[5] == st.st_mtime_ns
+                    and old[6] == st.st_ino
+                    and old[7] == st.st_ctime_ns
+                ):
+                    continue  # unchanged: not even opened
+                fp = fingerprint(st)
+                self._inflight.append(
+                    self._pool.submit(_hash_stable, _Pending(rel, entry.path, fp, fmode))
+                )
+                self._drain(MAX_IN_FLIGHT)
             else:
-                self._error(rel, f"special file ({_kind(st.st_mode)}) skipped")
-        for rel, old in known.items():
-            if rel not in present and not old.deleted:
-                self._vanished(old)
+                self._error(rel, f"special file ({_kind(mode)}) skipped")
+        for rel, k in known.items():
+            if rel not in present and not k[1]:
+                gone = self.index.get(rel)
+                if gone is not None:
+                    self._vanished(gone)
         if self.progress:
             self.progress(self._seen, self._result.hashed_bytes)
         return sorted(subdirs)
 
     # ------------------------------------------------------------ entries
 
-    def _directory(self, rel: str, old: Record | None) -> None:
-        if old and not old.deleted and old.type == EntryType.DIRECTORY:
-            return
+    def _directory(self, rel: str) -> None:
+        old = self.index.get(rel)
         self._emit(self._new_version(rel, EntryType.DIRECTORY, old, size=0, mode=DIR_MODE))
 
-    def _symlink(self, rel: str, abspath: str, old: Record | None) -> None:
+    def _symlink(self, rel: str, abspath: str, known: Known | None) -> None:
         try:
             target = os.readlink(abspath)
         except OSError as exc:
@@ -267,34 +287,22 @@ class Scanner:
         if not _is_utf8(target):
             self._error(rel, "symlink target is not valid UTF-8; skipped")
             return
-        if old and not old.deleted and old.type == EntryType.SYMLINK and old.target == target:
+        if not symlink_target_is_safe(rel, target):
+            self._error(rel, "symlink points outside the folder; not synced")
+            return
+        if known is not None and known[0] == EntryType.SYMLINK and known[3] == target:
             return
         self._emit(
             self._new_version(
                 rel,
                 EntryType.SYMLINK,
-                old,
+                self.index.get(rel),
                 size=0,
                 mode=0o777,
                 content_hash=blake3.blake3(target.encode("utf-8")).digest(),
                 target=target,
             )
         )
-
-    def _file(self, rel: str, abspath: str, st: os.stat_result, old: Record | None) -> None:
-        fp = fingerprint(st)
-        mode = file_mode(st.st_mode)
-        if (
-            old is not None
-            and not old.deleted
-            and old.type == EntryType.FILE
-            and old.fingerprint == fp
-            and old.mode == mode
-        ):
-            return
-        pending = _Pending(rel, abspath, old, fp, mode)
-        self._inflight.append(self._pool.submit(_hash_stable, pending))
-        self._drain(MAX_IN_FLIGHT)
 
     def _drain(self, keep: int) -> None:
         while len(self._inflight) > keep:
@@ -310,7 +318,7 @@ class Scanner:
                 self.progress(self._seen, self._result.hashed_bytes)
 
     def _hashed(self, p: _Pending, digest: FileDigest) -> None:
-        old = p.old
+        old = self.index.get(p.rel)
         if (
             old is not None
             and not old.deleted
@@ -383,7 +391,9 @@ class Scanner:
         stored = self.index.put(self._batch)
         for before, after in zip(self._batch, stored, strict=True):
             if after.sequence != before.sequence:
-                self._result.changed.append(after)
+                self._result.changed_count += 1
+                if self.collect_changes:
+                    self._result.changed.append(after)
         self._batch = []
 
     def _error(self, path: str, reason: str) -> None:
