@@ -90,6 +90,8 @@ class MerkleTree:
         # _hash[L] / _count[L]: chunk end -> hash / record count, for 1 <= L <= TOP.
         self._hash: list[dict[End, bytes]] = [{} for _ in range(TOP + 1)]
         self._count: list[dict[End, int]] = [{} for _ in range(TOP + 1)]
+        # keys changed since hashes were last recomputed (see _settle)
+        self._touched: set[str] = set()
         self._rebuild_all()
 
     # ------------------------------------------------------------------ build
@@ -181,8 +183,18 @@ class MerkleTree:
                         insort(self._bounds[level], key)
                 self._leaf[key] = digest
             touched.append(key)
-        if not touched:
+        self._touched.update(touched)
+
+    def _settle(self) -> None:
+        """Recompute the hashes of chunks holding keys changed since last time.
+
+        Updates only move keys; hashes are brought up to date lazily, when
+        something reads them, so a burst of updates costs one pass per level.
+        """
+        if not self._touched:
             return
+        touched = self._touched
+        self._touched = set()
         for level in range(1, TOP + 1):
             dirty: set[End] = set()
             for key in touched:
@@ -222,12 +234,14 @@ class MerkleTree:
 
     def root(self) -> bytes:
         """The root hash: equal roots iff equal record sets."""
+        self._settle()
         return self._hash[TOP][None]
 
     def node(self, level: int, end: End) -> Child | None:
         """Hash and count of node ``(level, end)``, or None if it doesn't exist here."""
         if not 1 <= level <= TOP:
             return None
+        self._settle()
         h = self._hash[level].get(end)
         if h is None:
             return None
