@@ -30,14 +30,8 @@ from syncron_p2p.index.records import EntryType, Record, entry_digest
 
 
 def clone_tree(tree: MerkleTree) -> MerkleTree:
-    """An independent copy of a merkle tree (its state is dicts and lists of immutables)."""
-    new = MerkleTree.__new__(MerkleTree)
-    new._leaf = dict(tree._leaf)
-    new._level = dict(tree._level)
-    new._bounds = [list(b) for b in tree._bounds]
-    new._hash = [dict(h) for h in tree._hash]
-    new._count = [dict(c) for c in tree._count]
-    return new
+    """An independent copy of a merkle tree."""
+    return tree.copy()
 
 
 class MemoryStore:

@@ -112,6 +112,18 @@ class MerkleTree:
         tree._rebuild_all()
         return tree
 
+    def copy(self) -> MerkleTree:
+        """An independent copy (cheap: the state is containers of immutables)."""
+        self._settle()
+        new = MerkleTree.__new__(MerkleTree)
+        new._leaf = dict(self._leaf)
+        new._level = dict(self._level)
+        new._bounds = [list(b) for b in self._bounds]
+        new._hash = [dict(h) for h in self._hash]
+        new._count = [dict(c) for c in self._count]
+        new._touched = set()
+        return new
+
     def _rebuild_all(self) -> None:
         for level in range(1, TOP + 1):
             self._hash[level].clear()
