@@ -207,6 +207,9 @@ class MerkleTree:
             return
         touched = self._touched
         self._touched = set()
+        if len(touched) * 8 > len(self._leaf):
+            self._rebuild_all()  # a bulk change: one linear pass beats 16 per key
+            return
         for level in range(1, TOP + 1):
             dirty: set[End] = set()
             for key in touched:

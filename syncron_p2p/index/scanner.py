@@ -101,6 +101,7 @@ class _Pending:
     abspath: str
     fp: StatFingerprint
     mode: int
+    indexed: bool  # the index has a record for this path (else no lookup needed)
 
 
 class Scanner:
@@ -236,7 +237,7 @@ class Scanner:
             if is_dir:
                 self._result.directories += 1
                 if not (live and old is not None and old[0] == EntryType.DIRECTORY):
-                    self._directory(rel)
+                    self._directory(rel, old is not None)
                 subdirs.append(rel)
             elif stat.S_ISLNK(mode):
                 self._result.symlinks += 1
@@ -258,7 +259,9 @@ class Scanner:
                     continue  # unchanged: not even opened
                 fp = fingerprint(st)
                 self._inflight.append(
-                    self._pool.submit(_hash_stable, _Pending(rel, entry.path, fp, fmode))
+                    self._pool.submit(
+                        _hash_stable, _Pending(rel, entry.path, fp, fmode, old is not None)
+                    )
                 )
                 self._drain(MAX_IN_FLIGHT)
             else:
@@ -274,8 +277,8 @@ class Scanner:
 
     # ------------------------------------------------------------ entries
 
-    def _directory(self, rel: str) -> None:
-        old = self.index.get(rel)
+    def _directory(self, rel: str, indexed: bool) -> None:
+        old = self.index.get(rel) if indexed else None
         self._emit(self._new_version(rel, EntryType.DIRECTORY, old, size=0, mode=DIR_MODE))
 
     def _symlink(self, rel: str, abspath: str, known: Known | None) -> None:
@@ -318,7 +321,7 @@ class Scanner:
                 self.progress(self._seen, self._result.hashed_bytes)
 
     def _hashed(self, p: _Pending, digest: FileDigest) -> None:
-        old = self.index.get(p.rel)
+        old = self.index.get(p.rel) if p.indexed else None
         if (
             old is not None
             and not old.deleted
