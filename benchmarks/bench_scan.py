@@ -2,7 +2,7 @@
 
 Generates two trees under a scratch directory (default /tmp/syncron-bench):
 
-* ``big``:   ~1 GiB in ~10,000 files (sizes spread 4 KiB .. 400 KiB, random bytes)
+* ``big``:   ~1 GiB in ~10,000 files (sizes spread 4 KiB .. 200 KiB, random bytes)
 * ``small``: 100,000 small files (64 .. 2048 bytes) in 1,000 directories
 
 and reports, in one run:
@@ -67,7 +67,7 @@ def make_big(root: Path, total: int, rnd: random.Random) -> None:
     made = 0
     i = 0
     while made < total:
-        size = rnd.randint(4 * 1024, 400 * 1024)
+        size = rnd.randint(4 * 1024, 200 * 1024)
         d = root / f"d{i % 100:03d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:05d}.bin").write_bytes(rnd.randbytes(size))
