@@ -176,8 +176,7 @@ def join(
             config.max_backoff = max_backoff
         if rebrowse is not None:
             config.rebrowse_interval = rebrowse
-        if sys.stderr.isatty() and not log_json:
-            config.scan_progress = _scan_progress()
+        config.progress = sys.stderr.isatty() and not log_json
         typer.echo(f"node id:     {mesh.node_id}")
         typer.echo(f"folder:      {root} ({mesh.role})")
         if created:
@@ -201,30 +200,11 @@ def _config(root: Path, stored: StoredOptions, timing: Timing) -> NodeConfig:
     )
 
 
-def _scan_progress() -> Any:
-    """A rich spinner for the initial scan (stderr is a terminal)."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    status = console.status("scanning")
-
-    def report(entries: int, hashed: int) -> None:
-        if entries % 500 == 0:
-            status.update(f"scanning: {entries} entries, {hashed / 2**20:.0f} MiB hashed")
-
-    status.start()
-    report.status = status  # type: ignore[attr-defined]
-    return report
-
-
 async def _serve(node: Node) -> None:
     """Run ``node`` until SIGINT/SIGTERM, then stop it cleanly."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            progress = getattr(node.config.scan_progress, "status", None)
-            if progress is not None:
-                progress.stop()
             host, port = node.listen_address or ("?", 0)
             typer.echo(f"listening on {host}:{port}")
             async for signum in signals:

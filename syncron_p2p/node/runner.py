@@ -28,9 +28,12 @@ the same peer appears, both ends keep the one dialled by the smaller node id
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,17 +45,19 @@ from syncron_p2p.errors import UsageError
 from syncron_p2p.ids import node_id as node_id_of
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.records import EntryType
-from syncron_p2p.index.scanner import Progress, Scanner, ScanResult
+from syncron_p2p.index.scanner import Scanner, ScanResult
 from syncron_p2p.mesh import Mesh
 from syncron_p2p.node import control
 from syncron_p2p.node.discovery import Discovery, Event, Found, Gone
 from syncron_p2p.node.disk import RealDisk
 from syncron_p2p.node.peer import PeerConnection, handshake
+from syncron_p2p.node.scanproc import spinner
 from syncron_p2p.node.secure_stream import SecureStream
 from syncron_p2p.node.watcher import Watcher
 from syncron_p2p.protocol import codec
 from syncron_p2p.protocol.messages import Goodbye, Message
 from syncron_p2p.sync.conflicts import CONFLICT_MARK
+from syncron_p2p.sync.disk import Disk
 from syncron_p2p.sync.effects import (
     Close,
     Effect,
@@ -67,6 +72,7 @@ from syncron_p2p.sync.effects import (
     Tick,
 )
 from syncron_p2p.sync.engine import Engine
+from syncron_p2p.sync.sealed_disk import SealedDisk
 
 log = logging.getLogger("syncron.node")
 
@@ -92,7 +98,8 @@ class NodeConfig:
     debounce: float = 0.1
     rebrowse_interval: float = 60.0
     max_backoff: float = MAX_BACKOFF
-    scan_progress: Progress | None = None
+    progress: bool = False  # a spinner on stderr during the initial scan
+    scan_in_child: bool = True  # initial scan in a child process (see scanproc.py)
 
 
 def count_conflicts(index: Index) -> int:
@@ -108,18 +115,10 @@ class Node:
         self.folder = config.folder
         self.node_id = mesh.node_id
         self.role = Role(mesh.role)
-        self.index = Index.open(self.folder, self.node_id)
-        self.disk = RealDisk(self.folder)
-        self.scanner = Scanner(self.folder, self.index)
-        self.engine = Engine(
-            self.index,
-            self.disk,
-            self.node_id,
-            role=self.role,
-            timing=config.timing,
-            rng=random.Random(int.from_bytes(os.urandom(8), "big")),
-            members=self._members,
-        )
+        self.disk: Disk = RealDisk(self.folder)
+        if mesh.secure_key is not None:  # a key-holder: .secure files plaintext here only
+            self.disk = SealedDisk(self.disk, mesh.secure_key, lambda p: self.index.get(p))
+        self._open()
         self.lock = trio.Lock()
         self.connections: dict[str, PeerConnection] = {}
         self._gone: dict[str, trio.Event] = {}
@@ -140,6 +139,42 @@ class Node:
         self._targets: dict[str, trio.CancelScope] = {}
         self._found: dict[str, Found] = {}
         self.finished = trio.Event()
+
+    def _open(self) -> None:
+        """Open the index and build a fresh engine on it."""
+        self.index = Index.open(self.folder, self.node_id)
+        self.scanner = Scanner(self.folder, self.index)
+        self.engine = Engine(
+            self.index,
+            self.disk,
+            self.node_id,
+            role=self.role,
+            timing=self.config.timing,
+            rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+            members=self._members,
+        )
+
+    async def _initial_scan(self) -> None:
+        """Scan everything before serving; in a child process when configured."""
+        if self.config.scan_in_child:
+            self.index.close()
+            cmd = [sys.executable, "-m", "syncron_p2p.node.scanproc", str(self.folder)]
+            cmd += [self.node_id, *(["--progress"] if self.config.progress else [])]
+            with trio.CancelScope(shield=True):
+                done = await trio.run_process(cmd, capture_stdout=True, check=False)
+            self._open()
+            if done.returncode == 0:
+                summary = json.loads(done.stdout)
+                self.scans += 1
+                self.last_scan = trio.current_time()
+                for path, reason in summary["errors"]:
+                    log.warning("skipped %s: %s", path, reason)
+                if summary["changed"]:
+                    log.info("%d local change(s) found", summary["changed"])
+                self.conflicts = await trio.to_thread.run_sync(count_conflicts, self.index)
+                return
+            log.debug("initial scan process failed (%s); scanning here", done.returncode)
+        await self.scan(None, initial=True)
 
     def _members(self) -> list[str]:
         return [self.node_id, *(p.node_id for p in self.mesh.peers if not p.removed)]
@@ -226,15 +261,20 @@ class Node:
     async def scan(self, directories: list[str] | None = None, *, initial: bool = False) -> int:
         """Scan (all, or some directories), push the changes; number of changes."""
         scanner = self.scanner
-        if initial and self.config.scan_progress is not None:
-            scanner = Scanner(self.folder, self.index, progress=self.config.scan_progress)
+        stop: Callable[[], None] = lambda: None  # noqa: E731
+        if initial and self.config.progress:
+            progress, stop = spinner()
+            scanner = Scanner(self.folder, self.index, progress=progress)
         async with self.lock:
             if self._stopping:
                 return 0
             now = trio.current_time()
-            result, effects, dirs, conflicts = await trio.to_thread.run_sync(
-                self._scan_sync, directories, now, scanner
-            )
+            try:
+                result, effects, dirs, conflicts = await trio.to_thread.run_sync(
+                    self._scan_sync, directories, now, scanner
+                )
+            finally:
+                stop()
             waits = self._execute(effects)
         for conn in waits:
             await conn.wait_writable()
@@ -573,7 +613,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.control_path = await nursery.start(control.serve, self.folder, self._control)
-            await self.scan(None, initial=True)
+            await self._initial_scan()
             nursery.start_soon(trio.serve_listeners, self._inbound, listeners)
             nursery.start_soon(self._timers)
             nursery.start_soon(self._rescan_loop)
