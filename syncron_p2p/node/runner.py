@@ -532,6 +532,43 @@ class Node:
             await discovery.rebrowse()
             await trio.sleep(5.0)  # at most one re-browse per 5 s
 
+    # ============================================================== progress
+
+    async def _transfer_progress(self) -> None:
+        """A progress bar on the terminal while more than 1 MiB is pending."""
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        console = Console(stderr=True)
+        while True:
+            await trio.sleep(0.5)
+            async with self.lock:
+                files, size = self.engine.pending()
+            if size < 2**20:
+                continue
+            with Progress(
+                TextColumn("receiving {task.fields[files]} files"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=console,
+                transient=True,
+            ) as bar:
+                total = size
+                task = bar.add_task("transfer", total=total, files=files)
+                while size > 0:
+                    total = max(total, size)
+                    bar.update(task, total=total, completed=total - size, files=files)
+                    await trio.sleep(0.5)
+                    async with self.lock:
+                        files, size = self.engine.pending()
+
     # =============================================================== control
 
     async def status(self) -> dict[str, Any]:
@@ -618,6 +655,8 @@ class Node:
             nursery.start_soon(self._timers)
             nursery.start_soon(self._rescan_loop)
             nursery.start_soon(self._periodic_scans)
+            if self.config.progress:
+                nursery.start_soon(self._transfer_progress)
             if self.config.watch:
                 await self._start_watcher(nursery)
             if self.config.mdns:
