@@ -5,6 +5,8 @@ from __future__ import annotations
 from meshnet import MeshNet
 
 from syncron_p2p.sync.conflicts import CONFLICT_MARK
+from syncron_p2p.sync.effects import Tick
+from syncron_p2p.sync.memory_disk import MemoryDisk
 
 
 def test_single_edit_spreads_to_all() -> None:
@@ -35,3 +37,160 @@ def test_concurrent_edits_keep_both_versions() -> None:
     assert sorted(files.values()) == [b"from one", b"from zero"]
     assert sum(CONFLICT_MARK in p for p in files) == 1
     assert net.files(1) == files == net.files(2)
+
+
+def big(seed: int, size: int = 600_000) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(size)
+
+
+def test_moved_tree_is_rebuilt_from_local_blocks_not_resent() -> None:
+    net = MeshNet(2, seed=3)
+    net.connect_all()
+
+    def fill(d: MemoryDisk) -> None:
+        for i in range(5):
+            d.write(f"photos/2024/img{i}.jpg", big(i))
+
+    net.edit(0, fill)
+    net.run()
+    fetched = net.node(1).engine.stats["blocks_remote"]
+    assert fetched > 0
+    net.edit(0, lambda d: d.rename("photos", "archive/photos"))
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)
+    assert "archive/photos/2024/img3.jpg" in net.files(1)
+    assert not any(p.startswith("photos/") for p in net.files(1))
+    assert net.node(1).engine.stats["blocks_remote"] == fetched  # nothing re-sent
+    assert net.node(1).engine.stats["blocks_local"] > 0
+
+
+def test_in_place_edit_fetches_only_changed_blocks() -> None:
+    net = MeshNet(2, seed=4)
+    net.connect_all()
+    data = bytearray(big(9, 3_000_000))
+    net.edit(0, lambda d: d.write("big.bin", bytes(data)))
+    net.run()
+    before = net.node(1).engine.stats["blocks_remote"]
+    data[1_500_000:1_500_100] = b"x" * 100
+    net.edit(0, lambda d: d.write("big.bin", bytes(data)))
+    net.run()
+    assert net.files(1)["big.bin"] == bytes(data)
+    assert net.node(1).engine.stats["blocks_remote"] - before <= 2
+
+
+def test_concurrent_delete_never_destroys_an_edit() -> None:
+    net = MeshNet(2, seed=5)
+    net.connect_all()
+    net.edit(0, lambda d: d.write("notes.txt", b"v1"))
+    net.run()
+    net.disconnect("node0", "node1")
+    net.edit(0, lambda d: d.delete("notes.txt"))
+    net.edit(1, lambda d: d.write("notes.txt", b"v2 edited while deleted elsewhere"))
+    net.connect("node0", "node1")
+    net.run()
+    assert net.converged()
+    for i in (0, 1):
+        assert net.files(i) == {"notes.txt": b"v2 edited while deleted elsewhere"}
+
+
+def test_three_way_conflict_resolves_identically_everywhere() -> None:
+    net = MeshNet(3, seed=6)
+    net.connect_all()
+    net.edit(0, lambda d: d.write("plan.md", b"base"))
+    net.run()
+    for a, b in (("node0", "node1"), ("node0", "node2"), ("node1", "node2")):
+        net.disconnect(a, b)
+    for i in range(3):
+        net.edit(i, lambda d, i=i: d.write("plan.md", f"version {i}".encode()))
+    net.connect_all()
+    net.run()
+    assert net.converged()
+    files = net.files(0)
+    assert sorted(files.values()) == [b"version 0", b"version 1", b"version 2"]
+    assert sum(CONFLICT_MARK in p for p in files) == 2
+    assert net.files(1) == files == net.files(2)
+
+
+def test_wiped_node_rejoins_without_overwriting_or_losing() -> None:
+    from syncron_p2p.index.db import Index
+
+    net = MeshNet(2, seed=7)
+    net.connect_all()
+    net.edit(0, lambda d: d.write("doc.txt", b"v1"))
+    net.run()
+    net.edit(0, lambda d: d.write("doc.txt", b"v2 newer"))
+    net.run()
+    # node1 loses its database while offline, and its disk has a stale copy + a new file
+    net.disconnect("node0", "node1")
+    n1 = net.node(1)
+    n1.disk.write("doc.txt", b"v1")
+    n1.disk.write("mine.txt", b"only here")
+    n1.index = Index.memory("node1")
+    assert n1.index.actor != net.node(0).index.actor
+    n1.engine.store = n1.index
+    net.edit(1, lambda d: None)  # the rescan after the reset
+    net.connect("node0", "node1")
+    net.run()
+    assert net.converged()
+    files = net.files(0)
+    assert files["doc.txt"] == b"v2 newer"  # the stale copy never overwrote the newer version
+    assert files["mine.txt"] == b"only here"
+    assert b"v1" in files.values()  # ...and was not lost either: kept as a conflict copy
+    assert net.files(1) == files
+
+
+def test_roles_send_only_and_receive_only() -> None:
+    from syncron_p2p.config import Role
+
+    net = MeshNet(3, seed=8, roles={1: Role.SEND_ONLY, 2: Role.RECEIVE_ONLY})
+    net.connect_all()
+    net.edit(0, lambda d: d.write("from-normal.txt", b"a"))
+    net.edit(1, lambda d: d.write("from-send-only.txt", b"b"))
+    net.edit(2, lambda d: d.write("from-receive-only.txt", b"c"))
+    net.run(seconds=30)
+    assert "from-normal.txt" not in net.files(1)  # send-only ignores remote changes
+    assert net.files(0)["from-send-only.txt"] == b"b"  # ...but publishes its own
+    assert net.files(2)["from-send-only.txt"] == b"b"  # receive-only follows the mesh
+    assert "from-receive-only.txt" not in net.files(0)  # ...and never publishes
+
+
+def test_tombstones_are_collected_once_every_member_has_them() -> None:
+    net = MeshNet(3, seed=9)
+    net.connect_all()
+    net.edit(0, lambda d: d.write("tmp.txt", b"short-lived"))
+    net.run()
+    net.edit(1, lambda d: d.delete("tmp.txt"))
+    net.run()
+    assert all(n.index.get("tmp.txt") is not None for n in net.nodes.values())
+    for _ in range(40):  # anti-entropy periods pass; roots are compared
+        net.now += net.timing.anti_entropy_period
+        for name in sorted(net.nodes):
+            net._feed(name, Tick())
+        while net.step():
+            pass
+    assert all(n.index.get("tmp.txt") is None for n in net.nodes.values())
+    assert net.converged()
+    net.edit(2, lambda d: d.write("tmp.txt", b"back, on purpose"))  # a new file, not a resurrection
+    net.run()
+    assert net.files(0)["tmp.txt"] == b"back, on purpose"
+
+
+def test_receive_only_follows_the_mesh_and_keeps_its_own_edits_private() -> None:
+    from syncron_p2p.config import Role
+
+    net = MeshNet(2, seed=10, roles={1: Role.RECEIVE_ONLY})
+    net.connect_all()
+    net.edit(0, lambda d: d.write("cfg.ini", b"mesh v1"))
+    net.run(seconds=20)
+    net.edit(1, lambda d: d.write("cfg.ini", b"local tweak on the backup"))
+    net.run(seconds=20)
+    assert net.files(0)["cfg.ini"] == b"mesh v1"  # the local edit is not published
+    net.edit(0, lambda d: d.write("cfg.ini", b"mesh v2"))
+    net.run(seconds=20)
+    mine = net.files(1)
+    assert mine["cfg.ini"] == b"mesh v2"  # the mesh wins on a receive-only node
+    assert b"local tweak on the backup" in mine.values()  # ...and the edit is kept
+    assert net.files(0) == {"cfg.ini": b"mesh v2"}  # ...privately

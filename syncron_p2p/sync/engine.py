@@ -37,8 +37,8 @@ import blake3
 from syncron_p2p.config import Role, Timing
 from syncron_p2p.errors import RemoteProtocolError, UnsafePathError
 from syncron_p2p.index.merkle import MerkleTree
-from syncron_p2p.index.records import Block, EntryType, Record, entry_digest, mint
-from syncron_p2p.index.versions import VersionVector
+from syncron_p2p.index.records import EMPTY_HASH, Block, EntryType, Record, entry_digest, mint
+from syncron_p2p.index.versions import Order, VersionVector
 from syncron_p2p.paths import parent, symlink_target_is_safe, validate
 from syncron_p2p.protocol.messages import (
     BlockData,
@@ -60,7 +60,7 @@ from syncron_p2p.protocol.messages import (
     Root,
 )
 from syncron_p2p.protocol.session import Session
-from syncron_p2p.sync.conflicts import Outcome, conflict_copy, resolve
+from syncron_p2p.sync.conflicts import Outcome, Resolution, conflict_copy, resolve
 from syncron_p2p.sync.disk import (
     Disk,
     DiskFailure,
@@ -68,6 +68,7 @@ from syncron_p2p.sync.disk import (
     NotEmpty,
     Observation,
     ParentNotDirectory,
+    Tampered,
     expectation,
 )
 from syncron_p2p.sync.effects import (
@@ -386,6 +387,8 @@ class Engine:
         page: list[Record] = []
         size = 0
         for rec in records:
+            if self._unpublished(rec):
+                continue
             page.append(rec)
             size += 160 + len(rec.path) + 36 * len(rec.blocks)
             if len(page) >= RECORDS_PAGE or size >= PAGE_BYTES:
@@ -441,7 +444,7 @@ class Engine:
                 if qrec.content_hash == rec.content_hash:
                     sources.add(peer)
                 return
-        res = resolve(local, rec)
+        res = self._resolve(local, rec)
         if res.outcome == Outcome.KEEP:
             return
         assert res.result is not None
@@ -457,6 +460,28 @@ class Engine:
             return
         self.queue[rec.path] = (rec, {peer})
         self.deletes.pop(rec.path, None)
+
+    def _unpublished(self, rec: Record) -> bool:
+        """A receive-only node's own edits (and their copies) never leave it."""
+        return self.role == Role.RECEIVE_ONLY and rec.origin == self.store.actor
+
+    def _resolve(self, local: Record | None, rec: Record) -> Resolution:
+        """:func:`resolve`, except that on a receive-only node the mesh wins.
+
+        A local edit there is kept until the mesh changes the path; then the
+        mesh's record is taken as it is and the edit stays beside it as an
+        (unpublished) conflict copy.
+        """
+        res = resolve(local, rec)
+        if local is None or not self._unpublished(local) or res.outcome == Outcome.KEEP:
+            return res
+        if res.outcome == Outcome.TAKE and res.result is rec:
+            return res
+        if rec.version.compare(local.version) == Order.BEFORE:
+            return Resolution(Outcome.KEEP)
+        if local.deleted or local.same_content(rec):
+            return Resolution(Outcome.TAKE, rec)
+        return Resolution(Outcome.CONFLICT, rec, local, loser_is_local=True)
 
     def _forgotten_covers(self, rec: Record) -> bool:
         forgotten = self._forgotten(rec.path)
@@ -493,7 +518,7 @@ class Engine:
 
     def _start(self, rec: Record, sources: set[str]) -> None:
         local = self.store.get(rec.path)
-        res = resolve(local, rec)
+        res = self._resolve(local, rec)
         if res.outcome == Outcome.KEEP:
             return
         assert res.result is not None
@@ -550,6 +575,11 @@ class Engine:
 
     def _prepare(self, job: Job, local: Record | None) -> None:
         target = job.target
+        if target.type == EntryType.FILE and not target.deleted:
+            # Optional Disk hook (sealed_disk.py): which record a temp assembles.
+            will_install = getattr(self.disk, "will_install", None)
+            if will_install is not None:
+                will_install(target)
         if target.type != EntryType.FILE or not target.blocks:
             self._finish(job)
             return
@@ -652,6 +682,10 @@ class Engine:
             return
         try:
             if job.move_local_to is not None and expect is not None:
+                # A sealed object must authenticate before the local file moves.
+                verify = getattr(self.disk, "verify_temp", None)
+                if verify is not None:
+                    verify(job.key)
                 moved = self.disk.move(path, job.move_local_to, expect)
                 extra = [
                     replace(r, fingerprint=moved.fingerprint) if r.path == job.move_local_to else r
@@ -673,6 +707,9 @@ class Engine:
             self.retry[path] = (self._now + self.timing.retry_delay, job.target, job.origin_peer)
             self._out.append(Rescan((path,)))
             return
+        except Tampered as exc:
+            self._tampered(job, str(exc))
+            return
         except DiskFailure as exc:
             self._notice("error", path, str(exc))
             self.retry[path] = (
@@ -684,12 +721,49 @@ class Engine:
         self.stats["applied"] += 1
         self._store([replace(target, fingerprint=obs.fingerprint), *extra], job.origin_peer)
 
+    def _tampered(self, job: Job, detail: str) -> None:
+        """A sealed object failed authentication (only a key-holder can tell).
+
+        Nobody with the key made it, so nothing was written and it must not
+        stand: the local state is re-issued with a version superseding the
+        forgery, which every node then takes (nodes without the key too).
+        """
+        self.stats["rejected"] += 1
+        path = job.remote.path
+        self._notice("tampered", path, f"{detail}; kept the local version")
+        local = self.store.get(path)
+        base = job.target.version.merge(job.remote.version)
+        if local is not None:
+            base = base.merge(local.version)
+        if local is None or local.deleted:
+            gone = Record(
+                path=path,
+                type=EntryType.FILE,
+                size=0,
+                mode=local.mode if local else 0,
+                content_hash=EMPTY_HASH,
+                version=base.bump(self.store.actor),
+                deleted=True,
+                origin=self.store.actor,
+            )
+            gone = replace(gone, origin_sum=gone.version.total())
+            self._store([gone], "")
+            return
+        restored = replace(
+            local,
+            version=base.bump(self.store.actor),
+            origin=self.store.actor,
+            sequence=0,
+        )
+        restored = replace(restored, origin_sum=restored.version.total())
+        self._store([restored], "")
+
     def _run_deletes(self) -> None:
         # Children before parents, so directories are empty when their turn comes.
         for path in sorted(self.deletes, reverse=True):
             rec, origin = self.deletes.pop(path)
             local = self.store.get(path)
-            res = resolve(local, rec)
+            res = self._resolve(local, rec)
             if res.outcome == Outcome.KEEP or res.result is None:
                 continue
             if res.outcome == Outcome.MERGE or local is None or local.deleted:
