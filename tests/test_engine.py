@@ -194,3 +194,31 @@ def test_receive_only_follows_the_mesh_and_keeps_its_own_edits_private() -> None
     assert mine["cfg.ini"] == b"mesh v2"  # the mesh wins on a receive-only node
     assert b"local tweak on the backup" in mine.values()  # ...and the edit is kept
     assert net.files(0) == {"cfg.ini": b"mesh v2"}  # ...privately
+
+
+def test_receive_only_reverts_local_edits_on_request_without_losing_them() -> None:
+    from syncron_p2p.config import Role
+
+    net = MeshNet(2, seed=11, roles={1: Role.RECEIVE_ONLY})
+    net.connect_all()
+    net.edit(0, lambda d: d.write("a.txt", b"mesh a"))
+    net.edit(0, lambda d: d.write("b.txt", b"mesh b"))
+    net.run(seconds=20)
+
+    def meddle(d: MemoryDisk) -> None:
+        d.write("a.txt", b"edited on the backup")
+        d.delete("b.txt")
+        d.write("extra.txt", b"added on the backup")
+
+    net.edit(1, meddle)
+    net.run(seconds=20)
+    node = net.node(1)
+    reverted, effects = node.engine.revert_local(net.now)
+    assert sorted(reverted) == ["a.txt", "b.txt", "extra.txt"]
+    net._execute(node, effects)
+    net.run(seconds=60)
+    mine = net.files(1)
+    assert mine["a.txt"] == b"mesh a" and mine["b.txt"] == b"mesh b"
+    kept = {v for p, v in mine.items() if CONFLICT_MARK in p}
+    assert kept == {b"edited on the backup", b"added on the backup"}
+    assert net.files(0) == {"a.txt": b"mesh a", "b.txt": b"mesh b"}

@@ -60,7 +60,13 @@ from syncron_p2p.protocol.messages import (
     Root,
 )
 from syncron_p2p.protocol.session import Session
-from syncron_p2p.sync.conflicts import Outcome, Resolution, conflict_copy, resolve
+from syncron_p2p.sync.conflicts import (
+    CONFLICT_MARK,
+    Outcome,
+    Resolution,
+    conflict_copy,
+    resolve,
+)
 from syncron_p2p.sync.disk import (
     Disk,
     DiskFailure,
@@ -1002,6 +1008,47 @@ class Engine:
 
     def _notice(self, kind: str, path: str, detail: str) -> None:
         self._out.append(Notice(kind, path, detail))
+
+    # ------------------------------------------------------------ revert
+
+    def revert_local(self, now: float) -> tuple[list[str], list[Effect]]:
+        """Undo a receive-only node's own edits: follow the mesh again.
+
+        Every local edit is set aside as a (private) conflict copy, never
+        destroyed; its record is dropped so the mesh's version is pulled and
+        installed again. Returns the reverted paths and the effects to execute.
+        """
+        self._now = now
+        self._out = []
+        reverted: list[str] = []
+        if self.role != Role.RECEIVE_ONLY:
+            return reverted, []
+        own = [r for r in self.store.all() if self._unpublished(r) and CONFLICT_MARK not in r.path]
+        # children first, so directories are empty when their turn comes
+        for rec in sorted(own, key=lambda r: r.path, reverse=True):
+            keep: list[Record] = []
+            try:
+                if rec.deleted:
+                    pass
+                elif rec.type == EntryType.DIRECTORY:
+                    self.disk.remove(rec.path, expectation(rec))
+                else:
+                    copy = conflict_copy(rec)
+                    moved = self.disk.move(rec.path, copy.path, expectation(rec))
+                    keep.append(replace(copy, fingerprint=moved.fingerprint))
+            except (LocalChanged, DiskFailure) as exc:
+                self._notice("kept", rec.path, f"not reverted ({exc})")
+                continue
+            self.store.forget([rec.path])
+            if keep:
+                self.store.put(keep)
+            reverted.append(rec.path)
+        for peer in self._active():
+            state = self.peers[peer]
+            state.root = None
+            self._send_root(peer, state, force=True)
+        out, self._out = self._out, []
+        return reverted, out
 
     # ------------------------------------------------------------ status
 
