@@ -14,8 +14,9 @@ Schema (version 1)
     ``next_sequence``.
 ``records(path PRIMARY KEY, parent, type, size, mode, hash, blocks, version,
 deleted, target, origin, origin_sum, sequence, digest, fp_size, fp_mtime_ns,
-fp_inode, fp_ctime_ns)``
-    One row per path. ``blocks`` packs ``(size u32, blake3 hash)`` per block
+fp_inode, fp_ctime_ns, sealed)``
+    One row per path (``sealed``, since schema v2, marks a ``.secure``
+    ciphertext object). ``blocks`` packs ``(size u32, blake3 hash)`` per block
     (offsets follow from sizes); ``version`` is the msgpack of the vector;
     ``digest`` is the merkle leaf, stored so opening a folder never rehashes.
     Indexes: ``parent`` (scanner), ``hash`` (whole-file reuse for renames and
@@ -56,7 +57,7 @@ from syncron_p2p.index.records import (
 from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.paths import parent
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -87,16 +88,19 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE TABLE kv (ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
         " PRIMARY KEY (ns, key)) WITHOUT ROWID",
     ],
+    # v2: sealed (.secure) records. Existing rows are unsealed, whose digest
+    # did not change, so no leaf needs recomputing.
+    2: ["ALTER TABLE records ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0"],
 }
 
 _COLUMNS = (
     "path, type, size, mode, hash, blocks, version, deleted, target, origin, origin_sum,"
-    " sequence, fp_size, fp_mtime_ns, fp_inode, fp_ctime_ns"
+    " sequence, fp_size, fp_mtime_ns, fp_inode, fp_ctime_ns, sealed"
 )
 
 
-# (type, deleted, mode, target, fp_size, fp_mtime_ns, fp_inode, fp_ctime_ns)
-Known = tuple[int, int, int, str, int | None, int | None, int | None, int | None]
+# (type, deleted, mode, target, fp_size, fp_mtime_ns, fp_inode, fp_ctime_ns, sealed)
+Known = tuple[int, int, int, str, int | None, int | None, int | None, int | None, int]
 
 
 def pack_blocks(blocks: Iterable[Block]) -> bytes:
@@ -146,6 +150,7 @@ def _row_to_record(row: tuple[Any, ...]) -> Record:
         origin=row[9],
         origin_sum=row[10],
         sequence=row[11],
+        sealed=bool(row[16]),
         fingerprint=fp,
     )
 
@@ -228,7 +233,7 @@ class Index:
         """
         rows = self._conn.execute(
             "SELECT path, type, deleted, mode, target, fp_size, fp_mtime_ns, fp_inode,"
-            " fp_ctime_ns FROM records WHERE parent=?",
+            " fp_ctime_ns, sealed FROM records WHERE parent=?",
             (directory,),
         )
         return {row[0]: row[1:] for row in rows}
@@ -317,8 +322,8 @@ class Index:
                 cur.execute(
                     "INSERT OR REPLACE INTO records (path, parent, type, size, mode, hash, blocks,"
                     " version, deleted, target, origin, origin_sum, sequence, digest, fp_size,"
-                    " fp_mtime_ns, fp_inode, fp_ctime_ns)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " fp_mtime_ns, fp_inode, fp_ctime_ns, sealed)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         rec.path,
                         parent(rec.path),
@@ -335,6 +340,7 @@ class Index:
                         seq,
                         digest,
                         *fpv,
+                        int(rec.sealed),
                     ),
                 )
                 merkle_changes.append((rec.path, digest))

@@ -19,6 +19,8 @@ from syncron_p2p.index.versions import VersionVector
 
 HASH_SIZE = 32
 EMPTY_HASH = blake3.blake3(b"").digest()
+# Bytes a sealed block adds to its plaintext block: 24-byte nonce + 16-byte tag.
+SEAL_OVERHEAD = 40
 
 
 class EntryType(enum.IntEnum):
@@ -54,6 +56,9 @@ class Record:
 
     ``content_hash`` is blake3 of the bytes for files, of the UTF-8 link target
     for symlinks, and :data:`EMPTY_HASH` for directories and tombstones.
+    ``sealed``: the path is a protected (``.secure``) file and ``size``,
+    ``content_hash`` and ``blocks`` describe its *ciphertext* object
+    (``crypto/sealed.py``), the same on every node.
     ``origin`` is the actor that minted this content and ``origin_sum`` the
     counter sum of the vector it was minted with: together with the content
     hash they give every version an identity that merging vectors never
@@ -71,6 +76,7 @@ class Record:
     target: str = ""
     origin: str = ""
     origin_sum: int = 0
+    sealed: bool = False
     sequence: int = 0
     fingerprint: StatFingerprint | None = field(default=None, compare=False)
 
@@ -82,26 +88,31 @@ class Record:
             and self.content_hash == other.content_hash
             and self.mode == other.mode
             and self.target == other.target
+            and self.sealed == other.sealed
         )
 
 
 def canonical(record: Record) -> bytes:
-    """The canonical bytes of a record's synced state (msgpack, fixed layout)."""
-    packed: bytes = msgpack.packb(
-        [
-            record.path,
-            int(record.type),
-            record.size,
-            record.mode,
-            record.content_hash,
-            record.deleted,
-            record.target,
-            record.origin,
-            record.origin_sum,
-            record.version.encode(),
-        ],
-        use_bin_type=True,
-    )
+    """The canonical bytes of a record's synced state (msgpack, fixed layout).
+
+    A sealed record appends ``True``: unsealed records keep the ten-field
+    layout, so their digests (and stored merkle leaves) did not change.
+    """
+    fields: list[object] = [
+        record.path,
+        int(record.type),
+        record.size,
+        record.mode,
+        record.content_hash,
+        record.deleted,
+        record.target,
+        record.origin,
+        record.origin_sum,
+        record.version.encode(),
+    ]
+    if record.sealed:
+        fields.append(True)
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
     return packed
 
 
@@ -123,6 +134,7 @@ def mint(
     target: str = "",
     fingerprint: StatFingerprint | None = None,
     base: VersionVector | None = None,
+    sealed: bool = False,
 ) -> Record:
     """A new local version of ``path``: ``actor``'s counter bumped on its history.
 
@@ -143,6 +155,7 @@ def mint(
         target=target,
         origin=actor,
         origin_sum=version.total(),
+        sealed=sealed,
         fingerprint=fingerprint,
     )
 

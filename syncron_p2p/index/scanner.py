@@ -23,6 +23,17 @@ as links (their target text) and never followed, so loops cannot happen.
 
 Paths that become ignored keep their last record untouched: ignoring a file
 stops syncing it, it never deletes it on other nodes.
+
+Protected files (root ``.secure`` patterns, ``secure_rules.py``): with the
+secure key the scanner records a file it protects as its *sealed object*
+(``crypto/sealed.py``); a path once sealed stays sealed while it exists, so
+un-protecting needs an explicit delete-and-recreate (docs/security.md).
+Without the key it cannot seal: the on-disk bytes of a sealed path are the
+ciphertext object itself (same content hash: unchanged); any other change at
+a protected path (edit, new file, deletion) is reported in
+:attr:`ScanResult.errors` and never published. An edited one keeps its
+record (the next version from a key-holder replaces it); a deleted one is
+dropped from the index so that anti-entropy fetches it again.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from pathlib import Path
 
 import blake3
 
+from syncron_p2p.crypto.sealed import Sealer, SealKeys
 from syncron_p2p.index.blocks import FileDigest, hash_file
 from syncron_p2p.index.db import Index, Known
 from syncron_p2p.index.ignore import IgnoreRules
@@ -49,6 +61,7 @@ from syncron_p2p.index.records import (
     mint,
     tombstone,
 )
+from syncron_p2p.index.secure_rules import SecurePatterns, folder_secure_key
 from syncron_p2p.paths import STATE_DIR, name_problem, symlink_target_is_safe
 
 HASH_RETRIES = 3
@@ -102,6 +115,8 @@ class _Pending:
     fp: StatFingerprint
     mode: int
     indexed: bool  # the index has a record for this path (else no lookup needed)
+    sealed: bool = False  # protected: record the sealed object (or, keyless, guard it)
+    keys: SealKeys | None = None
 
 
 class Scanner:
@@ -116,6 +131,7 @@ class Scanner:
         workers: int = 2,
         progress: Progress | None = None,
         collect_changes: bool = True,
+        secure_key: bytes | str | None = "auto",
     ) -> None:
         self.folder = folder
         self.index = index
@@ -125,6 +141,10 @@ class Scanner:
         # The node needs the changed records (to push them); a one-off scan of
         # a huge tree does not, and keeping them would grow memory with it.
         self.collect_changes = collect_changes
+        # "auto": the key of the folder's mesh membership (if this node holds it).
+        key = folder_secure_key(folder) if isinstance(secure_key, str) else secure_key
+        self.keys = SealKeys.derive(key) if key is not None else None
+        self.secure = SecurePatterns(None)
 
     # ---------------------------------------------------------------- public
 
@@ -143,10 +163,14 @@ class Scanner:
             self._result = result
             self._batch: list[Record] = []
             self._seen = 0
+            self._forget: list[str] = []
+            self.secure = SecurePatterns.load(self.folder)
             for root in roots:
                 self._walk(root, self._rules_for(root))
             self._drain(0)
             self._flush()
+            if self._forget:
+                self.index.forget(self._forget)
         result.merkle_root = self.index.merkle.root()
         return result
 
@@ -246,10 +270,13 @@ class Scanner:
                 self._result.files += 1
                 self._result.total_bytes += st.st_size
                 fmode = FILE_MODE_EXEC if mode & stat.S_IXUSR else FILE_MODE_PLAIN
+                was_sealed = live and old is not None and old[0] == EntryType.FILE and old[8]
+                sealed = bool(was_sealed) or self.secure.protects(rel)
                 if (
                     live
                     and old is not None
                     and old[0] == EntryType.FILE
+                    and bool(old[8]) == sealed
                     and old[2] == fmode
                     and old[4] == st.st_size
                     and old[5] == st.st_mtime_ns
@@ -260,7 +287,8 @@ class Scanner:
                 fp = fingerprint(st)
                 self._inflight.append(
                     self._pool.submit(
-                        _hash_stable, _Pending(rel, entry.path, fp, fmode, old is not None)
+                        _hash_stable,
+                        _Pending(rel, entry.path, fp, fmode, old is not None, sealed, self.keys),
                     )
                 )
                 self._drain(MAX_IN_FLIGHT)
@@ -322,6 +350,9 @@ class Scanner:
 
     def _hashed(self, p: _Pending, digest: FileDigest) -> None:
         old = self.index.get(p.rel) if p.indexed else None
+        if p.sealed and self.keys is None:
+            self._keyless(p, digest, old)
+            return
         if (
             old is not None
             and not old.deleted
@@ -342,15 +373,41 @@ class Scanner:
                 content_hash=digest.content_hash,
                 blocks=digest.blocks,
                 fp=p.fp,
+                sealed=p.sealed,
             )
         )
 
+    def _keyless(self, p: _Pending, digest: FileDigest, old: Record | None) -> None:
+        """A protected path changed on a node without the secure key."""
+        live = old is not None and not old.deleted and old.type == EntryType.FILE
+        same = live and old is not None and old.content_hash == digest.content_hash
+        if same and old is not None and old.mode == p.mode:
+            self._emit(_refingerprinted(old, p.fp))
+            return
+        self._error(
+            p.rel, "protected by .secure and changed here without the secure key; not synced"
+        )
+        if live and old is not None:
+            # Keep the record (what the mesh holds); the next version replaces the file.
+            self._emit(_refingerprinted(old, p.fp))
+
     def _vanished(self, old: Record) -> None:
-        self._emit(self._tombstone(old))
+        self._gone(old)
         if old.type == EntryType.DIRECTORY:
             for rec in self.index.subtree(old.path):
                 if not rec.deleted:
-                    self._emit(self._tombstone(rec))
+                    self._gone(rec)
+
+    def _gone(self, old: Record) -> None:
+        if self.keys is None and old.type == EntryType.FILE and old.sealed:
+            # Without the key a protected file cannot be deleted for the mesh:
+            # forget it locally, so that anti-entropy brings it back.
+            self._error(
+                old.path, "protected by .secure and deleted without the secure key; restoring"
+            )
+            self._forget.append(old.path)
+            return
+        self._emit(self._tombstone(old))
 
     # ---------------------------------------------------------- versions
 
@@ -366,6 +423,7 @@ class Scanner:
         blocks: tuple[Block, ...] = (),
         target: str = "",
         fp: StatFingerprint | None = None,
+        sealed: bool = False,
     ) -> Record:
         return mint(
             rel,
@@ -378,6 +436,7 @@ class Scanner:
             blocks=blocks,
             target=target,
             fingerprint=fp,
+            sealed=sealed,
         )
 
     def _tombstone(self, old: Record) -> Record:
@@ -407,18 +466,40 @@ def _hash_stable(p: _Pending) -> tuple[_Pending, FileDigest | ScanError]:
     """Hash a file in a worker thread, retrying while it changes underneath."""
     for _ in range(HASH_RETRIES):
         try:
-            digest = hash_file(p.abspath)
+            if p.sealed and p.keys is not None:
+                digest, plain = seal_file(p.abspath, p.keys)
+            else:
+                digest = hash_file(p.abspath)
+                plain = digest.size
             st = os.lstat(p.abspath)
         except OSError as exc:
             return p, ScanError(p.rel, f"cannot read: {exc.strerror}")
         now = fingerprint(st)
-        if now == p.fp and digest.size == st.st_size:
+        if now == p.fp and plain == st.st_size:
             return p, digest
         if not stat.S_ISREG(st.st_mode):
             return p, ScanError(p.rel, "changed type while being scanned")
         p.fp = now
         p.mode = file_mode(st.st_mode)
     return p, ScanError(p.rel, "kept changing while being hashed; will retry next scan")
+
+
+def seal_file(path: str, keys: SealKeys) -> tuple[FileDigest, int]:
+    """The sealed object's digest of the file at ``path``, and its plaintext size.
+
+    Blocks are cut on the plaintext (as :func:`hash_file` does), then each is
+    read again and sealed; memory stays bounded by one block.
+    """
+    plain = hash_file(path)
+    sealer = Sealer(keys)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for b in plain.blocks:
+            sealer.add(os.pread(fd, b.size, b.offset))
+    finally:
+        os.close(fd)
+    sealed = sealer.digest()
+    return FileDigest(sealed.content_hash, sealed.size, sealed.blocks), plain.size
 
 
 def _refingerprinted(old: Record, fp: StatFingerprint) -> Record:

@@ -127,6 +127,19 @@ class RealDisk:
         except OSError as exc:
             raise DiskFailure(f"cannot write temp file: {exc.strerror}") from None
 
+    def temp_read(self, key: str, offset: int, size: int) -> bytes | None:
+        try:
+            fd = os.open(self._temp(key), os.O_RDONLY | _O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, size, offset)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return data if len(data) == size else None
+
     def temp_discard(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._temp(key).unlink()

@@ -72,6 +72,7 @@ from syncron_p2p.sync.effects import (
     Tick,
 )
 from syncron_p2p.sync.engine import Engine
+from syncron_p2p.sync.sealed_disk import SealedDisk
 
 log = logging.getLogger("syncron.node")
 
@@ -115,6 +116,8 @@ class Node:
         self.node_id = mesh.node_id
         self.role = Role(mesh.role)
         self.disk: Disk = RealDisk(self.folder)
+        if mesh.secure_key is not None:  # a key-holder: .secure files plaintext here only
+            self.disk = SealedDisk(self.disk, mesh.secure_key, lambda p: self.index.get(p))
         self._open()
         self.lock = trio.Lock()
         self.connections: dict[str, PeerConnection] = {}

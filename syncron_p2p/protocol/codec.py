@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 
 from syncron_p2p.errors import RemoteProtocolError
-from syncron_p2p.index.records import HASH_SIZE, Block, EntryType, Record
+from syncron_p2p.index.records import HASH_SIZE, SEAL_OVERHEAD, Block, EntryType, Record
 from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.protocol.messages import (
     BlockData,
@@ -67,7 +67,7 @@ TYPE_IDS: dict[type, int] = {
 
 def encode_record(r: Record) -> list[Any]:
     blocks = b"".join(b.size.to_bytes(4, "big") + b.hash for b in r.blocks)
-    return [
+    fields: list[Any] = [
         r.path,
         int(r.type),
         r.size,
@@ -80,6 +80,9 @@ def encode_record(r: Record) -> list[Any]:
         r.version.encode(),
         blocks,
     ]
+    if r.sealed:
+        fields.append(True)  # field 11, only when set: older peers' records stay 11 fields
+    return fields
 
 
 def _body(msg: Message) -> list[Any]:
@@ -188,6 +191,10 @@ def _fields(v: Any, n: int) -> list[Any]:
 
 
 def decode_record(v: Any) -> Record:
+    sealed = False
+    if type(v) is list and len(v) == 12:
+        sealed = _bool(v[11])
+        v = v[:11]
     (path, kind, size, mode, chash, deleted, target, origin, osum, version, blocks) = _fields(v, 11)
     try:
         etype = EntryType(_int(kind, 0, 2))
@@ -212,6 +219,10 @@ def decode_record(v: Any) -> Record:
         raise _fail("blocks do not add up to the file size")
     if (etype != EntryType.FILE or is_deleted) and parsed:
         raise _fail("blocks on a non-file record")
+    if sealed and (etype != EntryType.FILE or is_deleted):
+        raise _fail("sealed flag on a non-file record")
+    if sealed and any(b.size <= SEAL_OVERHEAD for b in parsed):
+        raise _fail("sealed block shorter than its nonce and tag")
     return Record(
         path=_str(path, 4096),
         type=etype,
@@ -224,6 +235,7 @@ def decode_record(v: Any) -> Record:
         origin_sum=_int(osum),
         version=vector,
         blocks=tuple(parsed),
+        sealed=sealed,
     )
 
 

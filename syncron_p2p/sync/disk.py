@@ -38,6 +38,10 @@ class DiskFailure(SyncronError):
     """An operation failed for a local reason (permissions, disk full, ...)."""
 
 
+class Tampered(DiskFailure):
+    """A sealed (``.secure``) object does not authenticate: nothing was written."""
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """What is at a path right now (or what the index expects there)."""
@@ -68,6 +72,9 @@ class Disk(Protocol):
 
     def temp_write(self, key: str, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset`` of temp file ``key`` (created as needed)."""
+
+    def temp_read(self, key: str, offset: int, size: int) -> bytes | None:
+        """``size`` bytes at ``offset`` of temp ``key``; None if not all there."""
 
     def temp_discard(self, key: str) -> None:
         """Remove temp ``key`` if it exists."""

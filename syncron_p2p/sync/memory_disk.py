@@ -228,6 +228,12 @@ class MemoryDisk:
             buf.extend(b"\0" * (offset + len(data) - len(buf)))
         buf[offset : offset + len(data)] = data
 
+    def temp_read(self, key: str, offset: int, size: int) -> bytes | None:
+        buf = self.temps.get(key)
+        if buf is None or offset + size > len(buf):
+            return None
+        return bytes(buf[offset : offset + size])
+
     def temp_discard(self, key: str) -> None:
         self.temps.pop(key, None)
 

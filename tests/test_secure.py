@@ -1,0 +1,376 @@
+"""`.secure` files: sealed objects, key-holders and nodes without the key (issue 7)."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import blake3
+import pytest
+from securemesh import SecureMesh, footprint
+
+from syncron_p2p.crypto.sealed import (
+    SealError,
+    SealKeys,
+    block_at,
+    open_block,
+    open_bytes,
+    plain_offset,
+    plain_size,
+    seal_block,
+    seal_bytes,
+)
+from syncron_p2p.index.blocks import chunk_bytes
+from syncron_p2p.index.db import Index
+from syncron_p2p.index.records import SEAL_OVERHEAD, EntryType, Record, entry_digest, mint
+from syncron_p2p.index.secure_rules import SecurePatterns
+from syncron_p2p.protocol import codec
+from syncron_p2p.protocol.messages import Records
+from syncron_p2p.sync.effects import LocalChanges
+
+KEY = bytes(range(32))
+OTHER = bytes(32)
+
+
+def payload(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# ------------------------------------------------------------- sealed.py
+
+
+def test_seal_is_deterministic_and_authenticated() -> None:
+    keys = SealKeys.derive(KEY)
+    block = b"tax papers " * 1000
+    a, b = seal_block(keys, block), seal_block(SealKeys.derive(KEY), block)
+    assert a == b and len(a) == len(block) + SEAL_OVERHEAD
+    assert block not in a and b"tax papers" not in a
+    assert seal_block(SealKeys.derive(OTHER), block) != a
+    assert open_block(keys, a) == block
+    for pos in (0, 23, 24, 100, len(a) - 1):  # nonce, body and tag
+        bad = bytearray(a)
+        bad[pos] ^= 1
+        with pytest.raises(SealError):
+            open_block(keys, bytes(bad))
+    with pytest.raises(SealError):
+        open_block(SealKeys.derive(OTHER), a)
+    with pytest.raises(SealError):
+        open_block(keys, a[:40])
+
+
+def test_sealed_object_offsets_and_roundtrip() -> None:
+    keys = SealKeys.derive(KEY)
+    plain = payload(1, 3 * 1024 * 1024)
+    cuts = chunk_bytes(plain)
+    assert len(cuts) > 3
+    sealed, digest = seal_bytes(keys, plain, cuts)
+    assert digest.size == len(sealed) == len(plain) + SEAL_OVERHEAD * len(cuts)
+    assert digest.content_hash == blake3.blake3(sealed).digest()
+    assert plain_size(digest.blocks) == len(plain)
+    for i, (pb, cb) in enumerate(zip(cuts, digest.blocks, strict=True)):
+        assert cb.size == pb.size + SEAL_OVERHEAD
+        assert plain_offset(i, cb) == pb.offset
+        assert block_at(digest.blocks, cb.offset, cb.size) == i
+        assert blake3.blake3(sealed[cb.offset : cb.offset + cb.size]).digest() == cb.hash
+    assert block_at(digest.blocks, 1, digest.blocks[0].size) is None
+    assert open_bytes(keys, sealed, digest.blocks) == plain
+    assert seal_bytes(SealKeys.derive(KEY), plain, cuts) == (sealed, digest)
+
+
+def test_secure_patterns() -> None:
+    pats = SecurePatterns("keys/\n*.kdbx\n!public.kdbx\n/tax/*.pdf\n")
+    assert pats.protects("keys/id_ed25519")
+    assert pats.protects("keys/deep/x")
+    assert pats.protects("a/b/passwords.kdbx")
+    assert not pats.protects("public.kdbx")
+    assert pats.protects("tax/2025.pdf")
+    assert not pats.protects("other/tax/2025.pdf")
+    assert not pats.protects("readme.md")
+    assert not pats.protects(".secure")
+    assert not SecurePatterns(None) and not SecurePatterns("# nothing\n")
+
+
+# ------------------------------------------------------- record, wire, db
+
+
+def sealed_record() -> Record:
+    _, digest = seal_bytes(SealKeys.derive(KEY), b"x" * 100, chunk_bytes(b"x" * 100))
+    return mint(
+        "keys/a",
+        EntryType.FILE,
+        None,
+        "n1.e1",
+        size=digest.size,
+        mode=0o644,
+        content_hash=digest.content_hash,
+        blocks=digest.blocks,
+        sealed=True,
+    )
+
+
+def test_sealed_is_part_of_digest_wire_and_index(tmp_path: Path) -> None:
+    rec = sealed_record()
+    plain = replace(rec, sealed=False)
+    assert entry_digest(rec) != entry_digest(plain)
+    msg = Records(1, (rec, plain), True)
+    back = codec.decode_body(codec.encode(msg)[codec.HEADER :])
+    assert isinstance(back, Records)
+    assert back.records[0].sealed and not back.records[1].sealed
+    assert back.records == (rec, plain)
+    assert len(codec.encode_record(plain)) == 11 and len(codec.encode_record(rec)) == 12
+    bad = codec.encode_record(rec)
+    bad[5] = True  # a deleted record cannot be sealed
+    bad[10] = b""
+    with pytest.raises(Exception, match="sealed"):
+        codec.decode_record(bad)
+    with Index.open(tmp_path, "n1") as index:
+        index.put([rec, replace(plain, path="keys/b")])
+        got = index.get("keys/a")
+        assert got is not None and got.sealed and got.blocks == rec.blocks
+        assert index.known("keys")["keys/a"][8] == 1
+        root = index.merkle.root()
+    with Index.open(tmp_path, "n1") as index:
+        assert index.merkle.root() == root
+
+
+def test_schema_v1_database_migrates(tmp_path: Path) -> None:
+    with Index.open(tmp_path, "n1") as index:
+        index.put([replace(sealed_record(), sealed=False)])
+        root = index.merkle.root()
+    db = next((tmp_path / ".syncron").glob("*.db"))
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE records DROP COLUMN sealed")
+    conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with Index.open(tmp_path, "n1") as index:
+        got = index.get("keys/a")
+        assert got is not None and not got.sealed
+        assert index.merkle.root() == root
+        index.put([sealed_record()])
+        got = index.get("keys/a")
+        assert got is not None and got.sealed
+
+
+# ------------------------------------------------------------ the mesh
+
+SECRETS = {
+    "keys/id_ed25519": payload(10, 5_000) + b"-----BEGIN OPENSSH PRIVATE KEY-----",
+    "tax/2025.pdf": payload(11, 2_500_000) + b"TAXPAPER-PLAINTEXT-MARKER",
+    "vault.kdbx": b"PASSWORD-DB-MARKER " * 20_000,
+}
+PUBLIC = {"readme.md": b"hello, not a secret\n", "photos/a.jpg": payload(12, 400_000)}
+
+
+def needles(data: bytes) -> list[bytes]:
+    """Slices of a plaintext to search for (start, middle, end, and strided)."""
+    out = [data[:32], data[-32:], data[len(data) // 2 : len(data) // 2 + 32]]
+    out.extend(data[i : i + 32] for i in range(0, len(data) - 32, max(1, len(data) // 50)))
+    return [n for n in out if len(n) == 32]
+
+
+def assert_no_plaintext(folder: Path, plaintexts: list[bytes]) -> None:
+    files = footprint(folder)
+    assert any(".syncron" in str(f) for f in files)
+    wanted = [n for p in plaintexts for n in needles(p)]
+    for f in files:
+        blob = f.read_bytes()
+        for n in wanted:
+            assert n not in blob, f"plaintext found in {f.relative_to(folder)}"
+
+
+@pytest.fixture
+def mesh(tmp_path: Path):  # type: ignore[no-untyped-def]
+    m = SecureMesh(tmp_path, [KEY, KEY, None])
+    yield m
+    m.close()
+
+
+def populate(m: SecureMesh) -> None:
+    m.write(0, ".secure", b"# protected\nkeys/\n*.kdbx\n/tax/\n")
+    for rel, data in {**SECRETS, **PUBLIC}.items():
+        m.write(0, rel, data)
+    m.connect_all()
+    m.run()
+
+
+def test_three_nodes_one_without_the_key(mesh: SecureMesh) -> None:
+    populate(mesh)
+    assert len(mesh.roots()) == 1 and mesh.converged()
+    keyless = mesh.node(2)
+    for i in (0, 1):
+        for rel, data in {**SECRETS, **PUBLIC}.items():
+            assert (mesh.node(i).folder / rel).read_bytes() == data
+    for rel, data in PUBLIC.items():
+        assert (keyless.folder / rel).read_bytes() == data
+    for rel, data in SECRETS.items():
+        rec = keyless.index.get(rel)
+        assert rec is not None and rec.sealed
+        stored = (keyless.folder / rel).read_bytes()
+        assert stored != data and len(stored) == rec.size
+        assert open_bytes(SealKeys.derive(KEY), stored, rec.blocks) == data
+        same = mesh.node(0).index.get(rel)
+        assert same is not None and entry_digest(same) == entry_digest(rec)  # identical records
+    # edits on both key-holders, a rename, a new protected file
+    edited = {
+        "tax/2025.pdf": SECRETS["tax/2025.pdf"][:1_000_000]
+        + b"EDITED-TAX-MARKER"
+        + SECRETS["tax/2025.pdf"][1_000_000:],
+        "keys/new_key": b"NEW-KEY-MARKER " * 300,
+    }
+    mesh.write(0, "tax/2025.pdf", edited["tax/2025.pdf"])
+    mesh.write(1, "keys/new_key", edited["keys/new_key"])
+    os.rename(mesh.node(1).folder / "vault.kdbx", mesh.node(1).folder / "keys" / "vault.kdbx")
+    mesh.scan(1)
+    mesh.run()
+    assert len(mesh.roots()) == 1 and mesh.converged()
+    final = {**SECRETS, **edited}
+    final["keys/vault.kdbx"] = final.pop("vault.kdbx")
+    for rel, data in final.items():
+        assert (mesh.node(0).folder / rel).read_bytes() == data
+        assert (mesh.node(1).folder / rel).read_bytes() == data
+        rec = keyless.index.get(rel)
+        assert rec is not None and rec.sealed
+    assert not (keyless.folder / "vault.kdbx").exists()
+    assert_no_plaintext(keyless.folder, list(final.values()) + list(SECRETS.values()))
+    # a keyless rescan changes nothing
+    before = mesh.roots()
+    mesh.scan(2)
+    assert mesh.roots() == before
+
+
+def test_adding_a_pattern_protects_existing_files(mesh: SecureMesh) -> None:
+    populate(mesh)
+    doc = b"DIARY-MARKER " * 5000
+    mesh.write(1, "diary.txt", doc)
+    mesh.run()
+    assert (mesh.node(2).folder / "diary.txt").read_bytes() == doc
+    mesh.write(1, ".secure", b"keys/\n*.kdbx\n/tax/\ndiary.txt\n")
+    mesh.run()
+    mesh.scan(0)  # key-holders rescan after .secure arrives (the node's watcher does this)
+    mesh.run()
+    rec = mesh.node(2).index.get("diary.txt")
+    assert rec is not None and rec.sealed and len(mesh.roots()) == 1
+    assert (mesh.node(0).folder / "diary.txt").read_bytes() == doc
+    stored = (mesh.node(2).folder / "diary.txt").read_bytes()
+    assert b"DIARY-MARKER" not in stored
+    # removing the pattern does not unseal what exists (explicit: recreate it)
+    mesh.write(1, ".secure", b"keys/\n*.kdbx\n/tax/\n")
+    mesh.run()
+    mesh.scan(0)
+    mesh.scan(1)
+    mesh.run()
+    rec = mesh.node(2).index.get("diary.txt")
+    assert rec is not None and rec.sealed
+
+
+def test_keyless_node_cannot_edit_or_delete(mesh: SecureMesh) -> None:
+    populate(mesh)
+    keyless = mesh.node(2)
+    root = keyless.index.merkle.root()
+    # an edit of the ciphertext is not published
+    path = keyless.folder / "vault.kdbx"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    mesh.scan(2)
+    assert keyless.index.merkle.root() == root
+    assert any("vault.kdbx" in e and "without the secure key" in e for e in keyless.scan_errors)
+    # a new file at a protected path is not published either
+    mesh.write(2, "keys/planted", b"PLANTED")
+    assert keyless.index.get("keys/planted") is None
+    # the next key-holder version replaces the bad copy
+    mesh.write(0, "vault.kdbx", b"PASSWORD-DB-V2 " * 1000)
+    mesh.run()
+    assert len(mesh.roots()) == 1
+    rec = keyless.index.get("vault.kdbx")
+    assert rec is not None
+    assert open_bytes(SealKeys.derive(KEY), path.read_bytes(), rec.blocks) == (
+        b"PASSWORD-DB-V2 " * 1000
+    )
+    # a deletion is not published: the file is restored
+    (keyless.folder / "keys" / "id_ed25519").unlink()
+    mesh.scan(2)
+    mesh.run()
+    assert len(mesh.roots()) == 1
+    assert (mesh.node(0).folder / "keys" / "id_ed25519").read_bytes() == SECRETS["keys/id_ed25519"]
+    assert (keyless.folder / "keys" / "id_ed25519").exists()
+
+
+def test_flipped_byte_on_keyless_node_is_detected(mesh: SecureMesh) -> None:
+    populate(mesh)
+    keyless = mesh.node(2)
+    rel = "tax/2025.pdf"
+    path = keyless.folder / rel
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    # A hostile (or buggy) keyless node publishes its altered ciphertext as a
+    # new version: block hashes match, so only the key can tell.
+    old = keyless.index.get(rel)
+    assert old is not None
+    forged_digest = codec_blocks(bytes(data), old)
+    forged = mint(
+        rel,
+        EntryType.FILE,
+        old,
+        keyless.index.actor,
+        size=len(data),
+        mode=old.mode,
+        content_hash=blake3.blake3(bytes(data)).digest(),
+        blocks=forged_digest,
+        sealed=True,
+        fingerprint=None,
+    )
+    stored = keyless.index.put([forged])
+    mesh._feed(keyless.name, LocalChanges(tuple(stored)))
+    mesh.run(seconds=60)
+    for i in (0, 1):
+        node = mesh.node(i)
+        assert (node.folder / rel).read_bytes() == SECRETS[rel]
+        assert any(n.kind == "tampered" and n.path == rel for n in node.notices)
+        # no temp holds plaintext either
+        assert_no_plaintext_tmp(node.folder)
+    # key-holders re-issued the genuine version: everyone converges on it
+    assert len(mesh.roots()) == 1 and mesh.converged()
+    rec = keyless.index.get(rel)
+    assert rec is not None and rec.content_hash == old.content_hash
+    assert open_bytes(SealKeys.derive(KEY), path.read_bytes(), rec.blocks) == SECRETS[rel]
+
+
+def codec_blocks(data: bytes, like: Record) -> tuple:  # type: ignore[type-arg]
+    """The block list of ``data`` cut where ``like``'s blocks are."""
+    return tuple(
+        replace(b, hash=blake3.blake3(data[b.offset : b.offset + b.size]).digest())
+        for b in like.blocks
+    )
+
+
+def assert_no_plaintext_tmp(folder: Path) -> None:
+    tmp = folder / ".syncron" / "tmp"
+    for f in footprint(tmp):
+        blob = f.read_bytes()
+        assert b"TAXPAPER-PLAINTEXT-MARKER" not in blob
+
+
+def test_conflict_copies_of_protected_files_are_sealed(mesh: SecureMesh) -> None:
+    populate(mesh)
+    mesh.links.clear()  # partition
+    mesh.write(0, "vault.kdbx", b"VERSION-A-MARKER " * 2000)
+    mesh.write(1, "vault.kdbx", b"VERSION-B-MARKER " * 2000)
+    mesh.connect_all()
+    mesh.run()
+    assert len(mesh.roots()) == 1 and mesh.converged()
+    copies = [r for r in mesh.node(2).index.all() if "sync-conflict" in r.path and not r.deleted]
+    assert len(copies) == 1 and copies[0].sealed
+    contents = set()
+    for i in (0, 1):
+        folder = mesh.node(i).folder
+        contents.add(((folder / "vault.kdbx").read_bytes(), (folder / copies[0].path).read_bytes()))
+    assert len(contents) == 1
+    (main, copy) = contents.pop()
+    assert {main, copy} == {b"VERSION-A-MARKER " * 2000, b"VERSION-B-MARKER " * 2000}
+    assert_no_plaintext(mesh.node(2).folder, [main, copy])
