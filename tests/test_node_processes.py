@@ -171,3 +171,26 @@ def test_second_node_on_one_folder_and_port_in_use(procs: list[NodeProc], tmp_pa
     assert "cannot listen on 127.0.0.1" in busy.stderr
     assert "Traceback" not in busy.stderr
     assert a.stop(signal.SIGINT) == 0
+
+
+def test_dead_peer_detected_by_heartbeat_then_reconnects(
+    procs: list[NodeProc], tmp_path: Path
+) -> None:
+    """A frozen peer (SIGSTOP: no FIN, no RST) is dropped after --peer-timeout."""
+    a = start(procs, tmp_path / "a")
+    assert a.invite
+    # b never scans by itself: only its periodic scan (no watcher) finds edits
+    b = start(
+        procs, tmp_path / "b", "--code", a.invite, "--peer", f"127.0.0.1:{a.port}", "--no-watch"
+    )
+    wait_for(lambda: any(p["connected"] for p in a.status()["peers"]), 30, "a connection")
+    assert b.status()["watching"] is False
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: not any(p["connected"] for p in a.status()["peers"]), 15, "a to drop b")
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: any(p["connected"] for p in a.status()["peers"]), 30, "reconnection")
+    (b.folder / "found-by-periodic-scan.txt").write_text("no watcher here\n")
+    wait_for(lambda: (a.folder / "found-by-periodic-scan.txt").exists(), 30, "the periodic scan")
+    assert b.stop() == 0 and a.stop() == 0

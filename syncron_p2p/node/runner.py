@@ -80,6 +80,7 @@ CONNECT_TIMEOUT = 5.0
 MAX_BACKOFF = 30.0
 STABLE_CONNECTION = 30.0  # a connection that lasted this long resets the backoff
 HOT_DIRS = 4096
+APPLIED_LINES = 20  # "updated PATH" log lines per second before summarising
 
 
 @dataclass(slots=True)
@@ -139,6 +140,9 @@ class Node:
         self._targets: dict[str, trio.CancelScope] = {}
         self._found: dict[str, Found] = {}
         self.finished = trio.Event()
+        self._applied_window = 0.0
+        self._applied_shown = 0
+        self._applied_hidden = 0
 
     def _open(self) -> None:
         """Open the index and build a fresh engine on it."""
@@ -227,9 +231,23 @@ class Node:
         elif kind in ("error", "rejected"):
             log.warning("%s: %s", kind, what)
         elif kind == "applied" and path:
-            log.info("updated %s", what)
+            self._log_applied(what)
         else:
             log.debug("%s: %s", kind, what)
+
+    def _log_applied(self, what: str) -> None:
+        """ "updated PATH" lines, at most APPLIED_LINES a second, then a count."""
+        now = trio.current_time()
+        if now - self._applied_window >= 1.0:
+            if self._applied_hidden:
+                log.info("... and %d more updated", self._applied_hidden)
+            self._applied_window, self._applied_shown, self._applied_hidden = now, 0, 0
+        if self._applied_shown < APPLIED_LINES:
+            self._applied_shown += 1
+            log.info("updated %s", what)
+        else:
+            self._applied_hidden += 1
+            log.debug("updated %s", what)
 
     # ================================================================= scans
 
