@@ -130,10 +130,10 @@ def hash_file(path: os.PathLike[str] | str) -> FileDigest:
             if len(data) < _SMALL_FILE:
                 if not data:
                     return FileDigest(EMPTY_HASH, 0, ())
-                blocks = tuple(chunk_bytes(data))
+                small = tuple(chunk_bytes(data))
                 # a one-block file's block hash is its content hash: hash once
-                whole = blocks[0].hash if len(blocks) == 1 else blake3.blake3(data).digest()
-                return FileDigest(whole, len(data), blocks)
+                whole = small[0].hash if len(small) == 1 else blake3.blake3(data).digest()
+                return FileDigest(whole, len(data), small)
     content = blake3.blake3(max_threads=blake3.blake3.AUTO)
     blocks: list[Block] = []
     buffer = bytearray(_READ_BUFFER)
