@@ -60,6 +60,7 @@ class NodeProc:
             env=env,
         )
         self.lines: list[str] = []
+        self.tail = ""  # stdout left unread when the node stopped
         self.port = 0
         self.invite: str | None = None
 
@@ -101,7 +102,8 @@ class NodeProc:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"node on {self.folder} ignored signal {sig}") from None
-        if self.proc.stdout is not None:
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.tail = self.proc.stdout.read()
             self.proc.stdout.close()
         self._stderr.close()
         return rc

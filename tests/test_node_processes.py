@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,3 +196,30 @@ def test_dead_peer_detected_by_heartbeat_then_reconnects(
     (b.folder / "found-by-periodic-scan.txt").write_text("no watcher here\n")
     wait_for(lambda: (a.folder / "found-by-periodic-scan.txt").exists(), 30, "the periodic scan")
     assert b.stop() == 0 and a.stop() == 0
+
+
+def test_sigterm_during_the_initial_scan_stops_promptly(tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    for d in range(300):
+        sub = folder / f"d{d:03}"
+        sub.mkdir(parents=True)
+        for i in range(100):
+            (sub / f"{i}.txt").write_text(str(i))
+    node = NodeProc(folder, "--listen", "127.0.0.1:0", "--no-mdns")
+    try:
+        time.sleep(2.0)  # python start-up, mesh creation, then the scan of 30k files
+        assert node.proc.poll() is None, node.stderr()
+        start = time.monotonic()
+        rc = node.stop(signal.SIGTERM, timeout=15)
+        took = time.monotonic() - start
+    finally:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+    out = node.tail
+    assert rc == 0, node.stderr()
+    assert "Traceback" not in node.stderr()
+    assert took < 10, f"took {took:.1f} s to stop"
+    assert "listening on" not in out  # it really was still scanning
+    status = cli("status", folder, "--json")
+    assert json.loads(status.stdout)["running"] is False

@@ -201,16 +201,37 @@ def _config(root: Path, stored: StoredOptions, timing: Timing) -> NodeConfig:
 
 
 async def _serve(node: Node) -> None:
-    """Run ``node`` until SIGINT/SIGTERM, then stop it cleanly."""
+    """Run ``node`` until SIGINT/SIGTERM (even during its initial scan), then stop it.
+
+    The first signal stops the node cleanly (goodbyes to peers, flush, close);
+    a second one stops it at once.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            host, port = node.listen_address or ("?", 0)
-            typer.echo(f"listening on {host}:{port}")
-            async for signum in signals:
-                log.info("stopping (%s)", signal.Signals(signum).name)
-                await node.stop()
-                break
+
+            async def run_node() -> None:
+                try:
+                    await node.run()
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            async def on_signals() -> None:
+                async for signum in signals:
+                    if node.stopping:
+                        log.info("stopping now (%s again)", signal.Signals(signum).name)
+                        node.kill()
+                    else:
+                        log.info("stopping (%s)", signal.Signals(signum).name)
+                        nursery.start_soon(node.stop)
+
+            async def announce() -> None:
+                await node.ready.wait()
+                host, port = node.listen_address or ("?", 0)
+                typer.echo(f"listening on {host}:{port}")
+
+            nursery.start_soon(run_node)
+            nursery.start_soon(on_signals)
+            nursery.start_soon(announce)
 
 
 # =================================================================== status

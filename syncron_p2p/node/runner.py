@@ -139,7 +139,9 @@ class Node:
         self.discovery: Discovery | None = None
         self._targets: dict[str, trio.CancelScope] = {}
         self._found: dict[str, Found] = {}
+        self.ready = trio.Event()  # serving (after the initial scan)
         self.finished = trio.Event()
+        self._scope = trio.CancelScope()
         self._applied_window = 0.0
         self._applied_shown = 0
         self._applied_hidden = 0
@@ -164,9 +166,14 @@ class Node:
             self.index.close()
             cmd = [sys.executable, "-m", "syncron_p2p.node.scanproc", str(self.folder)]
             cmd += [self.node_id, *(["--progress"] if self.config.progress else [])]
-            with trio.CancelScope(shield=True):
-                done = await trio.run_process(cmd, capture_stdout=True, check=False)
+            # cancellation (stop during a long scan) kills the child: its
+            # index writes are transactions, nothing is left half-done
+            done = await trio.run_process(cmd, capture_stdout=True, check=False)
             self._open()
+            if done.returncode < 0:  # killed by a signal (e.g. the whole service stopping)
+                log.warning("initial scan interrupted; a full scan follows")
+                self._mark_dirty(None)
+                return
             if done.returncode == 0:
                 summary = json.loads(done.stdout)
                 self.scans += 1
@@ -652,7 +659,8 @@ class Node:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled (or :meth:`stop`); ``started`` once serving."""
         try:
-            await self._run(task_status)
+            with self._scope:
+                await self._run(task_status)
         finally:
             with trio.CancelScope(shield=True):
                 if self.watcher is not None:
@@ -689,6 +697,7 @@ class Node:
                 if port_text.isdigit():
                     self._add_target(peer.last_address, (host,), int(port_text), peer.node_id)
             task_status.started()
+            self.ready.set()
 
     async def _start_watcher(self, nursery: trio.Nursery) -> None:
         watcher = Watcher(
@@ -730,6 +739,10 @@ class Node:
             return {"ok": True}
         return {"error": f"unknown command {cmd!r}"}
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     async def stop(self, grace: float = 2.0) -> None:
         """Say goodbye to every peer, flush, and cancel everything."""
         self._stopping = True
@@ -741,5 +754,9 @@ class Node:
         with trio.move_on_after(grace):
             for conn in conns:
                 await conn.wait_closed()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        self._scope.cancel()
+
+    def kill(self) -> None:
+        """Stop at once (a second Ctrl-C): no goodbyes, no flushing."""
+        self._stopping = True
+        self._scope.cancel()
