@@ -131,6 +131,17 @@ async def test_control_socket_is_owner_only_and_answers(tmp_path: Path) -> None:
     assert await trio.to_thread.run_sync(control.query, tmp_path, {"cmd": "status"}) is None
 
 
+async def test_control_socket_refuses_a_directory_others_can_enter(tmp_path: Path) -> None:
+    (tmp_path / ".syncron").mkdir(mode=0o755)
+    os.chmod(tmp_path / ".syncron", 0o755)
+
+    async def handler(request: dict[str, object]) -> dict[str, object]:
+        return {}
+
+    with pytest.raises(UsageError, match="mode 0700"):
+        await control.serve(tmp_path, handler)
+
+
 def test_control_socket_path_for_deep_folders(tmp_path: Path) -> None:
     deep = tmp_path / ("x" * 120)
     path = control.socket_path(deep)

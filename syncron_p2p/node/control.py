@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 import blake3
 import trio
 
+from syncron_p2p.errors import UsageError
 from syncron_p2p.paths import STATE_DIR
 
 log = logging.getLogger("syncron.control")
@@ -52,6 +54,9 @@ async def serve(
     """Serve control requests until cancelled; removes the socket afterwards."""
     path = socket_path(folder)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.parent.lstat()
+    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077 or not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{path.parent} must be a directory owned by you with mode 0700")
     path.unlink(missing_ok=True)  # stale: the caller holds the folder lock
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
