@@ -182,6 +182,7 @@ class Engine:
         self.retry: dict[str, tuple[float, Record, str]] = {}
         self._next_id = 1
         self.attempts: dict[str, int] = {}
+        self._changed = False  # the index changed since we last announced our root
         # peer -> my last_sequence when our roots last matched (outlives connections)
         self.synced: dict[str, int] = {}
         self._next_anti_entropy: float | None = None
@@ -521,6 +522,12 @@ class Engine:
         self._request_blocks()
         if not self.jobs and not self.queue and self.deletes:
             self._run_deletes()
+        if self._changed and not self.jobs and not self.queue and not self.deletes:
+            # Work drained: tell every peer our new root, so "in sync" is known
+            # now rather than at the next anti-entropy round.
+            self._changed = False
+            for peer in self._active():
+                self._send_root(peer, self.peers[peer])
 
     def _start(self, rec: Record, sources: set[str]) -> None:
         local = self.store.get(rec.path)
@@ -889,6 +896,7 @@ class Engine:
 
     def _store(self, records: list[Record], origin_peer: str) -> None:
         stored = self.store.put(records)
+        self._changed = True
         for rec in stored:
             self.retry.pop(rec.path, None)
             self.attempts.pop(rec.path, None)
@@ -908,26 +916,30 @@ class Engine:
 
     def _serve_block(self, peer: str, msg: BlockRequest) -> None:
         validate(msg.path)
-        candidates: list[Record] = []
-        rec = self.store.get(msg.path)
-        if rec is not None and not rec.deleted and rec.content_hash == msg.content_hash:
-            candidates.append(rec)
-        candidates.extend(self.store.with_content(msg.content_hash, limit=4))
-        for cand in candidates:
-            if msg.offset + msg.size > cand.size:
+        # The block hash decides, so try the named file first without touching
+        # the index (decoding a big file's record per block request would make
+        # serving quadratic); other files with that content are the fallback.
+        data = self.disk.read_block(msg.path, msg.offset, msg.size)
+        if data is not None and blake3.blake3(data).digest() == msg.block_hash:
+            self._send(peer, BlockData(msg.request_id, data))
+            return
+        for cand in self.store.with_content(msg.content_hash, limit=4):
+            if cand.path == msg.path or msg.offset + msg.size > cand.size:
                 continue
             data = self.disk.read_block(cand.path, msg.offset, msg.size)
             if data is not None and blake3.blake3(data).digest() == msg.block_hash:
                 self._send(peer, BlockData(msg.request_id, data))
                 return
-            if data is not None:
-                self._out.append(Rescan((cand.path,)))  # our file changed under the index
+        rec = self.store.get(msg.path)
+        if rec is not None and rec.content_hash == msg.content_hash:
+            self._out.append(Rescan((msg.path,)))  # our file changed under the index
         self._send(peer, BlockMissing(msg.request_id))
 
     # ------------------------------------------------------ local changes
 
     def _local_changes(self, records: Iterable[Record]) -> None:
         recs = list(records)
+        self._changed = True
         if self.role != Role.RECEIVE_ONLY:
             self._announce(recs)
         for rec in recs:
