@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class SecureMesh:
         self.queue: list[tuple[str, str, bytes]] = []
         self.links: set[tuple[str, str]] = set()
         self.sent_bytes = 0
+        # crypto in parallel, as the node does (libsodium releases the GIL)
+        self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1))
         names = [f"node{i}" for i in range(len(keys))]
         for i, key in enumerate(keys):
             name = names[i]
@@ -60,7 +63,9 @@ class SecureMesh:
             folder.mkdir(parents=True, exist_ok=True)
             index = Index.open(folder, name)
             raw = RealDisk(folder)
-            disk: Disk = raw if key is None else SealedDisk(raw, key, index.get)
+            disk: Disk = raw
+            if key is not None:
+                disk = SealedDisk(raw, key, index.get, pmap=self.pool.map, users=index.with_content)
             engine = Engine(
                 index,
                 disk,
@@ -78,6 +83,7 @@ class SecureMesh:
     def close(self) -> None:
         for n in self.nodes.values():
             n.index.close()
+        self.pool.shutdown()
 
     def connect_all(self) -> None:
         names = sorted(self.nodes)

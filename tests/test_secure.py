@@ -374,3 +374,88 @@ def test_conflict_copies_of_protected_files_are_sealed(mesh: SecureMesh) -> None
     (main, copy) = contents.pop()
     assert {main, copy} == {b"VERSION-A-MARKER " * 2000, b"VERSION-B-MARKER " * 2000}
     assert_no_plaintext(mesh.node(2).folder, [main, copy])
+
+
+def test_key_holders_serve_from_the_kept_sealed_object(tmp_path: Path) -> None:
+    m = SecureMesh(tmp_path, [KEY, KEY, None])
+    try:
+        m.write(0, ".secure", b"*.kdbx\n")
+        data = payload(20, 1_500_000)
+        m.write(0, "a.kdbx", data)
+        rec = m.node(0).index.get("a.kdbx")
+        assert rec is not None and rec.sealed
+        kept = m.node(0).folder / ".syncron" / "tmp" / f"{rec.content_hash.hex()}.part"
+        assert blake3.blake3(kept.read_bytes()).digest() == rec.content_hash
+        # a damaged kept object is never served: the block is sealed again
+        raw = bytearray(kept.read_bytes())
+        raw[10] ^= 1
+        kept.write_bytes(bytes(raw))
+        m.connect_all()
+        m.run()
+        assert len(m.roots()) == 1 and m.converged()
+        assert (m.node(1).folder / "a.kdbx").read_bytes() == data
+        got = m.node(1).folder / ".syncron" / "tmp" / f"{rec.content_hash.hex()}.part"
+        assert blake3.blake3(got.read_bytes()).digest() == rec.content_hash
+        # a new version drops the old kept object on both key-holders
+        m.write(1, "a.kdbx", data + b"more")
+        m.run()
+        assert len(m.roots()) == 1
+        assert not got.exists() and not kept.exists()
+        assert (m.node(0).folder / "a.kdbx").read_bytes() == data + b"more"
+        assert not any(n.kind == "tampered" for i in (0, 1) for n in m.node(i).notices)
+    finally:
+        m.close()
+
+
+def test_invite_secure_makes_a_key_holder(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from syncron_p2p.commands import mesh as mesh_commands
+    from syncron_p2p.crypto.invite import decode_invite
+    from syncron_p2p.index.scanner import Scanner
+    from syncron_p2p.mesh import Mesh
+    from syncron_p2p.node.disk import RealDisk
+    from syncron_p2p.node.runner import Node, NodeConfig
+    from syncron_p2p.sync.sealed_disk import SealedDisk
+
+    app = typer.Typer(no_args_is_help=True, add_completion=False)
+    mesh_commands.register(app)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == 0, result.stdout
+        return result.stdout
+
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    run("init", str(a))
+    secure_code = run("invite", str(a), "--secure").strip()
+    plain_code = run("invite", str(a)).strip()
+    assert decode_invite(secure_code).secure_key == Mesh.load(a).secure_key is not None
+    assert decode_invite(plain_code).secure_key is None
+    assert "holds the secure key" in run("init", str(b), "--code", secure_code)
+    assert "holds the secure key" not in run("init", str(c), "--code", plain_code)
+    assert Mesh.load(b).secure_key == Mesh.load(a).secure_key
+    assert Mesh.load(c).secure_key is None
+    # a keyless node cannot hand the key on
+    result = CliRunner().invoke(app, ["invite", str(c), "--secure"])
+    assert result.exit_code != 0
+    for folder, holder in ((b, True), (c, False)):
+        (folder / ".secure").write_bytes(b"*.key\n")
+        (folder / "x.key").write_bytes(b"KEY-MARKER")
+        mesh = Mesh.load(folder)
+        node = Node(mesh, NodeConfig(folder=folder, listen=("127.0.0.1", 0), mdns=False))
+        try:
+            assert isinstance(node.disk, SealedDisk) == holder
+            assert isinstance(node.disk, RealDisk) == (not holder)
+            # every scanner of the folder (node, child scan, `scan`) seals on a key-holder
+            result = Scanner(folder, node.index).scan()
+            rec = node.index.get("x.key")
+            if holder:
+                assert rec is not None and rec.sealed and not result.errors
+            else:
+                assert rec is None and result.errors  # cannot seal: not published
+        finally:
+            node.index.close()

@@ -38,8 +38,10 @@ dropped from the index so that anti-entropy fetches it again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,6 +51,7 @@ from pathlib import Path
 import blake3
 
 from syncron_p2p.crypto.sealed import Sealer, SealKeys
+from syncron_p2p.folder import TMP_DIR
 from syncron_p2p.index.blocks import FileDigest, hash_file
 from syncron_p2p.index.db import Index, Known
 from syncron_p2p.index.ignore import IgnoreRules
@@ -117,6 +120,7 @@ class _Pending:
     indexed: bool  # the index has a record for this path (else no lookup needed)
     sealed: bool = False  # protected: record the sealed object (or, keyless, guard it)
     keys: SealKeys | None = None
+    keep: Path | None = None  # where to keep the sealed object (key-holders)
 
 
 class Scanner:
@@ -145,6 +149,8 @@ class Scanner:
         key = folder_secure_key(folder) if isinstance(secure_key, str) else secure_key
         self.keys = SealKeys.derive(key) if key is not None else None
         self.secure = SecurePatterns(None)
+        tmp = folder / STATE_DIR / TMP_DIR
+        self._keep = tmp if self.keys is not None and tmp.is_dir() else None
 
     # ---------------------------------------------------------------- public
 
@@ -288,7 +294,16 @@ class Scanner:
                 self._inflight.append(
                     self._pool.submit(
                         _hash_stable,
-                        _Pending(rel, entry.path, fp, fmode, old is not None, sealed, self.keys),
+                        _Pending(
+                            rel,
+                            entry.path,
+                            fp,
+                            fmode,
+                            old is not None,
+                            sealed,
+                            self.keys,
+                            self._keep,
+                        ),
                     )
                 )
                 self._drain(MAX_IN_FLIGHT)
@@ -354,6 +369,14 @@ class Scanner:
             self._keyless(p, digest, old)
             return
         if (
+            self._keep is not None
+            and old is not None
+            and old.sealed
+            and not old.deleted
+            and old.content_hash != digest.content_hash
+        ):
+            self._drop_kept(old)
+        if (
             old is not None
             and not old.deleted
             and old.type == EntryType.FILE
@@ -391,6 +414,15 @@ class Scanner:
             # Keep the record (what the mesh holds); the next version replaces the file.
             self._emit(_refingerprinted(old, p.fp))
 
+    def _drop_kept(self, old: Record) -> None:
+        """Remove the kept sealed object of ``old`` unless another path has it."""
+        if self._keep is None or any(
+            r.path != old.path for r in self.index.with_content(old.content_hash, limit=2)
+        ):
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self._keep / f"{old.content_hash.hex()}.part")
+
     def _vanished(self, old: Record) -> None:
         self._gone(old)
         if old.type == EntryType.DIRECTORY:
@@ -407,6 +439,8 @@ class Scanner:
             )
             self._forget.append(old.path)
             return
+        if old.sealed and not old.deleted:
+            self._drop_kept(old)
         self._emit(self._tombstone(old))
 
     # ---------------------------------------------------------- versions
@@ -467,7 +501,7 @@ def _hash_stable(p: _Pending) -> tuple[_Pending, FileDigest | ScanError]:
     for _ in range(HASH_RETRIES):
         try:
             if p.sealed and p.keys is not None:
-                digest, plain = seal_file(p.abspath, p.keys)
+                digest, plain = seal_file(p.abspath, p.keys, p.keep)
             else:
                 digest = hash_file(p.abspath)
                 plain = digest.size
@@ -484,22 +518,76 @@ def _hash_stable(p: _Pending) -> tuple[_Pending, FileDigest | ScanError]:
     return p, ScanError(p.rel, "kept changing while being hashed; will retry next scan")
 
 
-def seal_file(path: str, keys: SealKeys) -> tuple[FileDigest, int]:
+def seal_file(path: str, keys: SealKeys, keep: Path | None = None) -> tuple[FileDigest, int]:
     """The sealed object's digest of the file at ``path``, and its plaintext size.
 
     Blocks are cut on the plaintext (as :func:`hash_file` does), then each is
-    read again and sealed; memory stays bounded by one block.
+    read again and sealed; memory stays bounded by one block. With ``keep``
+    (the state's temp directory) the sealed object is also kept there as
+    ``<content hash>.part``, from which a key-holder serves blocks without
+    sealing them again (``sync/sealed_disk.py``); failing to keep it is not
+    an error.
     """
     plain = hash_file(path)
     sealer = Sealer(keys)
-    fd = os.open(path, os.O_RDONLY)
+    kept = _Kept(keep) if keep is not None and plain.blocks else None
     try:
-        for b in plain.blocks:
-            sealer.add(os.pread(fd, b.size, b.offset))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for b in plain.blocks:
+                ct = sealer.add(os.pread(fd, b.size, b.offset))
+                if kept is not None:
+                    kept.write(ct)
+        finally:
+            os.close(fd)
+        sealed = sealer.digest()
+        if kept is not None:
+            kept.commit(f"{sealed.content_hash.hex()}.part")
     finally:
-        os.close(fd)
-    sealed = sealer.digest()
+        if kept is not None:
+            kept.abort()
     return FileDigest(sealed.content_hash, sealed.size, sealed.blocks), plain.size
+
+
+class _Kept:
+    """A sealed object being written to the temp directory (best effort)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.fd = -1
+        self.path: str | None = None
+        with contextlib.suppress(OSError):
+            self.fd, self.path = tempfile.mkstemp(dir=directory, prefix="sealing-")
+
+    def write(self, data: bytes) -> None:
+        if self.fd < 0:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError:
+            self.abort()
+
+    def commit(self, name: str) -> None:
+        if self.fd < 0 or self.path is None:
+            return
+        os.close(self.fd)
+        self.fd = -1
+        try:
+            os.replace(self.path, self.directory / name)
+            self.path = None
+        except OSError:
+            self.abort()
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = None
 
 
 def _refingerprinted(old: Record, fp: StatFingerprint) -> Record:

@@ -34,6 +34,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,15 @@ class Node:
         self.role = Role(mesh.role)
         self.disk: Disk = RealDisk(self.folder)
         if mesh.secure_key is not None:  # a key-holder: .secure files plaintext here only
-            self.disk = SealedDisk(self.disk, mesh.secure_key, lambda p: self.index.get(p))
+            # Sealing/opening blocks runs on a small pool: libsodium releases the GIL.
+            crypto = ThreadPoolExecutor(min(4, os.cpu_count() or 1), "syncron-seal")
+            self.disk = SealedDisk(
+                self.disk,
+                mesh.secure_key,
+                lambda p: self.index.get(p),
+                pmap=crypto.map,
+                users=lambda h: self.index.with_content(h, limit=2),
+            )
         self._open()
         self.lock = trio.Lock()
         self.connections: dict[str, PeerConnection] = {}

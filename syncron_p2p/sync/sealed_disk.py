@@ -11,6 +11,15 @@ and any Disk and translates, for sealed paths only:
 * temp files hold the ciphertext object, exactly as on a node without the
   key (``.syncron/tmp`` never holds a protected file's plaintext while it is
   being fetched or resumed);
+* the sealed object of each current version stays in temp
+  ``<content hash>`` after it is installed (and the key-holder's scanner
+  keeps the one it computes there too): blocks are served from it, checked
+  against their hash, and sealed again from the plaintext only when it is
+  missing or damaged. Sealing once per version instead of once per block
+  served is what keeps protected sync near plain speed; it costs the size of
+  the protected files once more, in ciphertext, in ``.syncron/tmp``. A
+  version's object is removed when its path gets another version or is
+  removed (unless another path has the same content);
 * ``install_file`` opens every block of the ciphertext temp, verifying its
   tag, and writes the plaintext to a second temp that is installed in its
   place only when every block authenticated. A block that fails raises
@@ -19,11 +28,19 @@ and any Disk and translates, for sealed paths only:
 
 The engine tells the wrapper which record a temp is for through the optional
 ``will_install`` hook (called before a file's content is assembled).
+
+Crypto can run in parallel: the driver may pass ``pmap`` (e.g. a thread
+pool's ``map``; libsodium releases the GIL). Installs then open a batch of
+blocks at once, and serving a block seals the next few blocks of the same
+object too, kept in a small cache for the requests that follow (a peer asks
+for a window of blocks). Without ``pmap`` everything runs inline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import blake3
 
@@ -32,18 +49,43 @@ from syncron_p2p.index.records import SEAL_OVERHEAD, Block, EntryType, Record
 from syncron_p2p.sync.disk import Disk, DiskFailure, Observation, Tampered
 
 MAX_PLANNED = 4096
+BATCH = 8  # blocks opened (or sealed ahead) at once when crypto runs in parallel
+CACHE_BLOCKS = 64  # sealed blocks kept for the requests that follow
+
+PMap = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
 
 class SealedDisk:
     """Key-holder view of a folder: plaintext on disk, sealed objects to the engine."""
 
     def __init__(
-        self, inner: Disk, secure_key: bytes, lookup: Callable[[str], Record | None]
+        self,
+        inner: Disk,
+        secure_key: bytes,
+        lookup: Callable[[str], Record | None],
+        *,
+        pmap: PMap | None = None,
+        users: Callable[[bytes], Iterable[Record]] | None = None,
     ) -> None:
         self.inner = inner
         self.keys = SealKeys.derive(secure_key)
         self._lookup = lookup  # the index's current record of a path
         self._planned: dict[str, Record] = {}  # temp key -> sealed record it assembles
+        self._pmap = pmap
+        self._users = users  # records with a content hash (None: never drop kept objects)
+        self._ahead = BATCH if pmap is not None else 1
+        # (path, content hash, offset) -> sealed block, sealed ahead of its request
+        self._cache: OrderedDict[tuple[str, bytes, int], bytes] = OrderedDict()
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        if self._pmap is None or len(items) < 2:
+            return [fn(x) for x in items]
+        return list(self._pmap(fn, items))
+
+    def _forget_cached(self, path: str) -> None:
+        if self._cache:
+            for k in [k for k in self._cache if k[0] == path]:
+                del self._cache[k]
 
     # --------------------------------------------------------------- hook
 
@@ -66,13 +108,33 @@ class SealedDisk:
         rec = self._lookup(path)
         if rec is None or not rec.sealed or rec.deleted:
             return self.inner.read_block(path, offset, size)
+        hit = self._cache.pop((path, rec.content_hash, offset), None)
+        if hit is not None and len(hit) == size:
+            return hit
         idx = block_at(rec.blocks, offset, size)
         if idx is None or size <= SEAL_OVERHEAD:
             return None
-        plain = self.inner.read_block(path, offset - SEAL_OVERHEAD * idx, size - SEAL_OVERHEAD)
-        if plain is None:
+        kept = self.inner.temp_read(rec.content_hash.hex(), offset, size)
+        if kept is not None and blake3.blake3(kept).digest() == rec.blocks[idx].hash:
+            return kept
+        plains: list[bytes] = []
+        for i in range(idx, min(idx + self._ahead, len(rec.blocks))):
+            b = rec.blocks[i]
+            plain = self.inner.read_block(
+                path, b.offset - SEAL_OVERHEAD * i, b.size - SEAL_OVERHEAD
+            )
+            if plain is None:
+                break
+            plains.append(plain)
+        if not plains:
             return None
-        return seal_block(self.keys, plain)
+        sealed = self._map(lambda p: seal_block(self.keys, p), plains)
+        for i, ct in enumerate(sealed[1:], start=idx + 1):
+            self._cache[(path, rec.content_hash, rec.blocks[i].offset)] = ct
+        while len(self._cache) > CACHE_BLOCKS:
+            self._cache.popitem(last=False)
+        first: bytes = sealed[0]
+        return first
 
     # -------------------------------------------------------------- temps
 
@@ -97,20 +159,17 @@ class SealedDisk:
         rec = self._planned.get(key)
         if rec is None:
             return self.inner.install_file(path, key, size, mode, expect)
+        previous = self._lookup(path)
         plain_key = blake3.blake3(b"syncron-plain-temp\x00" + bytes.fromhex(key)).hexdigest()
         self.inner.temp_discard(plain_key)
         written = 0
         try:
-            for i, block in enumerate(rec.blocks):
-                sealed = self.inner.temp_read(key, block.offset, block.size)
-                if sealed is None:
-                    raise DiskFailure(f"{path}: the fetched sealed object is incomplete")
-                try:
-                    plain = open_block(self.keys, sealed)
-                except SealError as exc:
-                    raise Tampered(f"{path}: block {i} of the sealed object: {exc}") from None
-                self.inner.temp_write(plain_key, written, plain)
-                written += len(plain)
+            for start in range(0, len(rec.blocks), BATCH):
+                batch = list(enumerate(rec.blocks[start : start + BATCH], start=start))
+                for plain in self._map(lambda ib: self._open_temp(path, key, *ib), batch):
+                    self.inner.temp_write(plain_key, written, plain)
+                    written += len(plain)
+            self._forget_cached(path)
             obs = self.inner.install_file(path, plain_key, written, mode, expect)
         except Tampered:
             self.inner.temp_discard(plain_key)
@@ -119,23 +178,40 @@ class SealedDisk:
         except BaseException:
             self.inner.temp_discard(plain_key)
             raise
-        self.temp_discard(key)
+        self._planned.pop(key, None)  # the sealed object stays: blocks are served from it
+        if previous is not None and previous.content_hash.hex() != key:
+            self._drop_kept(previous)
         return obs
+
+    def _drop_kept(self, old: Record) -> None:
+        """Remove ``old``'s kept sealed object unless another path still has it."""
+        if self._users is None or not old.sealed or old.deleted:
+            return
+        if any(r.path != old.path for r in self._users(old.content_hash)):
+            return
+        self.inner.temp_discard(old.content_hash.hex())
+
+    def _open_temp(self, path: str, key: str, i: int, block: Block) -> bytes:
+        sealed = self.inner.temp_read(key, block.offset, block.size)
+        if sealed is None:
+            raise DiskFailure(f"{path}: the fetched sealed object is incomplete")
+        try:
+            return open_block(self.keys, sealed)
+        except SealError as exc:
+            raise Tampered(f"{path}: block {i} of the sealed object: {exc}") from None
 
     def verify_temp(self, key: str) -> None:
         """Raise :class:`Tampered` unless every block of sealed temp ``key`` authenticates."""
         rec = self._planned.get(key)
         if rec is None:
             return
-        for i, block in enumerate(rec.blocks):
-            sealed = self.inner.temp_read(key, block.offset, block.size)
-            if sealed is None:
-                raise DiskFailure(f"{rec.path}: the fetched sealed object is incomplete")
+        for start in range(0, len(rec.blocks), BATCH):
+            batch = list(enumerate(rec.blocks[start : start + BATCH], start=start))
             try:
-                open_block(self.keys, sealed)
-            except SealError as exc:
+                self._map(lambda ib: self._open_temp(rec.path, key, *ib), batch)
+            except Tampered:
                 self.temp_discard(key)
-                raise Tampered(f"{rec.path}: block {i} of the sealed object: {exc}") from None
+                raise
 
     def install_dir(self, path: str, expect: Observation | None) -> Observation:
         return self.inner.install_dir(path, expect)
@@ -144,7 +220,12 @@ class SealedDisk:
         return self.inner.install_symlink(path, target, expect)
 
     def remove(self, path: str, expect: Observation | None) -> None:
+        self._forget_cached(path)
+        old = self._lookup(path)
         self.inner.remove(path, expect)
+        if old is not None:
+            self._drop_kept(old)
 
     def move(self, src: str, dst: str, expect: Observation | None) -> Observation:
+        self._forget_cached(src)
         return self.inner.move(src, dst, expect)
