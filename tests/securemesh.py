@@ -65,7 +65,14 @@ class SecureMesh:
             raw = RealDisk(folder)
             disk: Disk = raw
             if key is not None:
-                disk = SealedDisk(raw, key, index.get, pmap=self.pool.map, users=index.with_content)
+                disk = SealedDisk(
+                    raw,
+                    key,
+                    index.get,
+                    pmap=self.pool.map,
+                    users=index.with_content,
+                    stamp=lambda p, index=index: index.merkle.leaf(p),
+                )
             engine = Engine(
                 index,
                 disk,

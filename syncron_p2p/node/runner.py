@@ -127,6 +127,7 @@ class Node:
                 lambda p: self.index.get(p),
                 pmap=crypto.map,
                 users=lambda h: self.index.with_content(h, limit=2),
+                stamp=lambda p: self.index.merkle.leaf(p),
             )
         self._open()
         self.lock = trio.Lock()

@@ -51,6 +51,7 @@ from syncron_p2p.sync.disk import Disk, DiskFailure, Observation, Tampered
 MAX_PLANNED = 4096
 BATCH = 8  # blocks opened (or sealed ahead) at once when crypto runs in parallel
 CACHE_BLOCKS = 64  # sealed blocks kept for the requests that follow
+MEMO_RECORDS = 64  # records of recently served paths
 
 PMap = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
@@ -66,6 +67,7 @@ class SealedDisk:
         *,
         pmap: PMap | None = None,
         users: Callable[[bytes], Iterable[Record]] | None = None,
+        stamp: Callable[[str], object] | None = None,
     ) -> None:
         self.inner = inner
         self.keys = SealKeys.derive(secure_key)
@@ -73,6 +75,10 @@ class SealedDisk:
         self._planned: dict[str, Record] = {}  # temp key -> sealed record it assembles
         self._pmap = pmap
         self._users = users  # records with a content hash (None: never drop kept objects)
+        # A cheap fingerprint of a path's record (its merkle leaf): serving a
+        # block then needs no record decoding unless the record changed.
+        self._stamp = stamp
+        self._records: OrderedDict[str, tuple[object, Record | None]] = OrderedDict()
         self._ahead = BATCH if pmap is not None else 1
         # (path, content hash, offset) -> sealed block, sealed ahead of its request
         self._cache: OrderedDict[tuple[str, bytes, int], bytes] = OrderedDict()
@@ -104,8 +110,22 @@ class SealedDisk:
     def observe(self, path: str) -> Observation | None:
         return self.inner.observe(path)
 
-    def read_block(self, path: str, offset: int, size: int) -> bytes | None:
+    def _record(self, path: str) -> Record | None:
+        if self._stamp is None:
+            return self._lookup(path)
+        stamp = self._stamp(path)
+        memo = self._records.get(path)
+        if memo is not None and memo[0] == stamp:
+            self._records.move_to_end(path)
+            return memo[1]
         rec = self._lookup(path)
+        self._records[path] = (stamp, rec)
+        while len(self._records) > MEMO_RECORDS:
+            self._records.popitem(last=False)
+        return rec
+
+    def read_block(self, path: str, offset: int, size: int) -> bytes | None:
+        rec = self._record(path)
         if rec is None or not rec.sealed or rec.deleted:
             return self.inner.read_block(path, offset, size)
         hit = self._cache.pop((path, rec.content_hash, offset), None)
