@@ -1,0 +1,88 @@
+"""`.secure` with real node processes: two key-holders and a node without the key."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nodeproc import FAST, NodeProc, cli, wait_for
+from securemesh import footprint
+
+
+@pytest.fixture
+def procs() -> Iterator[list[NodeProc]]:
+    started: list[NodeProc] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.stop(signal.SIGKILL)
+
+
+def start(procs: list[NodeProc], folder: Path, *args: str) -> NodeProc:
+    folder.mkdir(exist_ok=True)
+    node = NodeProc(folder, "--listen", "127.0.0.1:0", "--no-mdns", *FAST, *args)
+    procs.append(node)
+    node.wait_listening()
+    return node
+
+
+SECRET = b"PASSWORD-DATABASE-PLAINTEXT " * 4000
+EDITED = b"EDITED-ON-B-PLAINTEXT " * 3000
+
+
+def test_real_nodes_keyless_footprint_has_no_plaintext(
+    procs: list[NodeProc], tmp_path: Path
+) -> None:
+    a_dir = tmp_path / "a"
+    a_dir.mkdir()
+    (a_dir / ".secure").write_text("*.kdbx\nprivate/\n")
+    (a_dir / "vault.kdbx").write_bytes(SECRET)
+    (a_dir / "private").mkdir()
+    (a_dir / "private" / "notes.txt").write_bytes(EDITED[:1000])
+    (a_dir / "public.txt").write_bytes(b"public\n")
+    a = start(procs, a_dir)
+    assert a.invite
+    secure = cli("invite", a_dir, "--secure", check=True).stdout.strip()
+    b = start(procs, tmp_path / "b", "--code", secure, "--peer", f"127.0.0.1:{a.port}")
+    c = start(
+        procs,
+        tmp_path / "c",
+        "--code",
+        a.invite,
+        "--peer",
+        f"127.0.0.1:{a.port}",
+        "--peer",
+        f"127.0.0.1:{b.port}",
+    )
+    nodes = [a, b, c]
+
+    def same_root() -> bool:
+        roots = {n.status()["merkle_root"] for n in nodes}
+        return len(roots) == 1 and all(n.status()["pending"]["files"] == 0 for n in nodes)
+
+    def plain_on(n: NodeProc, rel: str, data: bytes) -> bool:
+        p = n.folder / rel
+        return p.exists() and p.read_bytes() == data
+
+    wait_for(lambda: plain_on(b, "vault.kdbx", SECRET), 60, "the vault on b")
+    wait_for(lambda: (c.folder / "vault.kdbx").exists(), 60, "the sealed vault on c")
+    # b (key-holder) edits a protected file
+    (b.folder / "private" / "notes.txt").write_bytes(EDITED)
+    wait_for(lambda: plain_on(a, "private/notes.txt", EDITED), 60, "b's edit on a")
+    wait_for(same_root, 60, "equal merkle roots")
+    assert (c.folder / "public.txt").read_bytes() == b"public\n"
+    for n in (a, b):
+        assert (n.folder / "vault.kdbx").read_bytes() == SECRET
+        assert (n.folder / "private" / "notes.txt").read_bytes() == EDITED
+    for n in nodes:
+        n.stop()
+    needles = [SECRET[:40], SECRET[5000:5040], EDITED[:40], EDITED[20000:20040]]
+    files = footprint(c.folder)
+    assert any(".syncron" in str(f) for f in files)
+    for f in files:
+        blob = f.read_bytes()
+        for needle in needles:
+            assert needle not in blob, f"plaintext in {f}"
+    assert "PLAINTEXT" not in c.log.read_text(errors="replace")
