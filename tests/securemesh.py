@@ -72,6 +72,7 @@ class SecureMesh:
                     pmap=self.pool.map,
                     users=index.with_content,
                     stamp=lambda p, index=index: index.merkle.leaf(p),
+                    submit=self.pool.submit,
                 )
             engine = Engine(
                 index,

@@ -128,6 +128,7 @@ class Node:
                 pmap=crypto.map,
                 users=lambda h: self.index.with_content(h, limit=2),
                 stamp=lambda p: self.index.merkle.leaf(p),
+                submit=crypto.submit,
             )
         self._open()
         self.lock = trio.Lock()

@@ -33,7 +33,11 @@ Crypto can run in parallel: the driver may pass ``pmap`` (e.g. a thread
 pool's ``map``; libsodium releases the GIL). Installs then open a batch of
 blocks at once, and serving a block seals the next few blocks of the same
 object too, kept in a small cache for the requests that follow (a peer asks
-for a window of blocks). Without ``pmap`` everything runs inline.
+for a window of blocks). With ``submit`` (the pool's ``submit``) each
+block is also opened in the background as it arrives, while the transfer
+goes on; the plaintext waits in memory (at most :data:`EARLY_BYTES` in all,
+never on disk) for the install, which then only writes it. Without either,
+everything runs inline.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ MAX_PLANNED = 4096
 BATCH = 8  # blocks opened (or sealed ahead) at once when crypto runs in parallel
 CACHE_BLOCKS = 64  # sealed blocks kept for the requests that follow
 MEMO_RECORDS = 64  # records of recently served paths
+EARLY_BYTES = 32 * 1024 * 1024  # plaintext opened ahead of installs, in memory
 
 PMap = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
@@ -68,6 +73,7 @@ class SealedDisk:
         pmap: PMap | None = None,
         users: Callable[[bytes], Iterable[Record]] | None = None,
         stamp: Callable[[str], object] | None = None,
+        submit: Callable[..., Any] | None = None,
     ) -> None:
         self.inner = inner
         self.keys = SealKeys.derive(secure_key)
@@ -79,6 +85,10 @@ class SealedDisk:
         # block then needs no record decoding unless the record changed.
         self._stamp = stamp
         self._records: OrderedDict[str, tuple[object, Record | None]] = OrderedDict()
+        self._submit = submit
+        # temp key -> block index -> (future plaintext, its size), opened on arrival
+        self._early: dict[str, dict[int, tuple[Any, int]]] = {}
+        self._early_bytes = 0
         self._ahead = BATCH if pmap is not None else 1
         # (path, content hash, offset) -> sealed block, sealed ahead of its request
         self._cache: OrderedDict[tuple[str, bytes, int], bytes] = OrderedDict()
@@ -163,12 +173,30 @@ class SealedDisk:
 
     def temp_write(self, key: str, offset: int, data: bytes) -> None:
         self.inner.temp_write(key, offset, data)
+        rec = self._planned.get(key)
+        if rec is None or self._submit is None:
+            return
+        if self._early_bytes + len(data) > EARLY_BYTES:
+            return
+        idx = block_at(rec.blocks, offset, len(data))
+        if idx is None:
+            return
+        pending = self._early.setdefault(key, {})
+        if idx not in pending:
+            pending[idx] = (self._submit(_try_open, self.keys, data), len(data))
+            self._early_bytes += len(data)
+
+    def _drop_early(self, key: str) -> dict[int, tuple[Any, int]]:
+        pending = self._early.pop(key, {})
+        self._early_bytes -= sum(size for _, size in pending.values())
+        return pending
 
     def temp_read(self, key: str, offset: int, size: int) -> bytes | None:
         return self.inner.temp_read(key, offset, size)
 
     def temp_discard(self, key: str) -> None:
         self._planned.pop(key, None)
+        self._drop_early(key)
         self.inner.temp_discard(key)
 
     # ----------------------------------------------------------- installs
@@ -183,10 +211,26 @@ class SealedDisk:
         plain_key = blake3.blake3(b"syncron-plain-temp\x00" + bytes.fromhex(key)).hexdigest()
         self.inner.temp_discard(plain_key)
         written = 0
+        early = self._drop_early(key)
         try:
             for start in range(0, len(rec.blocks), BATCH):
                 batch = list(enumerate(rec.blocks[start : start + BATCH], start=start))
-                for plain in self._map(lambda ib: self._open_temp(path, key, *ib), batch):
+                late = [ib for ib in batch if ib[0] not in early]
+                opened = dict(
+                    zip(
+                        [i for i, _ in late],
+                        self._map(lambda ib: self._open_temp(path, key, *ib), late),
+                        strict=True,
+                    )
+                )
+                for i, _ in batch:
+                    if i in opened:
+                        plain = opened[i]
+                    else:
+                        got = early[i][0].result()
+                        if got is None:
+                            raise Tampered(f"{path}: block {i} of the sealed object fails")
+                        plain = got
                     self.inner.temp_write(plain_key, written, plain)
                     written += len(plain)
             self._forget_cached(path)
@@ -249,3 +293,11 @@ class SealedDisk:
     def move(self, src: str, dst: str, expect: Observation | None) -> Observation:
         self._forget_cached(src)
         return self.inner.move(src, dst, expect)
+
+
+def _try_open(keys: SealKeys, sealed: bytes) -> bytes | None:
+    """:func:`open_block` for a background task: None when it fails."""
+    try:
+        return open_block(keys, sealed)
+    except SealError:
+        return None
