@@ -245,3 +245,19 @@ def test_root_is_independent_of_scan_order(
             index.actor = "NODE.fixed"
             roots.add(Scanner(root, index, workers=1 + attempt).scan().merkle_root)
     assert len(roots) == 1
+
+
+def test_targeted_rescan_is_per_directory_but_walks_new_directories(folder: Path) -> None:
+    (folder / "a" / "deep").mkdir(parents=True)
+    (folder / "a" / "deep" / "x.txt").write_text("x")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        (folder / "a" / "deep" / "x.txt").write_text("changed below")
+        (folder / "top.txt").write_text("new at the top")
+        (folder / "fresh" / "inner").mkdir(parents=True)
+        (folder / "fresh" / "inner" / "y.txt").write_text("y")
+        result = Scanner(folder, index).scan([""], recursive=False)
+        paths = {r.path for r in result.changed}
+        assert paths == {"top.txt", "fresh", "fresh/inner", "fresh/inner/y.txt"}
+        full = Scanner(folder, index).scan([""])
+        assert {r.path for r in full.changed} == {"a/deep/x.txt"}

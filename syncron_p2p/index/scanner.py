@@ -154,15 +154,21 @@ class Scanner:
 
     # ---------------------------------------------------------------- public
 
-    def scan(self, directories: Iterable[str] | None = None) -> ScanResult:
-        """Scan the whole folder, or only the given directories (recursively).
+    def scan(
+        self, directories: Iterable[str] | None = None, *, recursive: bool = True
+    ) -> ScanResult:
+        """Scan the whole folder, or only the given directories.
 
         Targeted rescans (from watchers) pass the directories that changed;
         a directory that no longer exists is resolved to its nearest existing
-        ancestor so the vanished entry is seen and tombstoned.
+        ancestor so the vanished entry is seen and tombstoned. With
+        ``recursive=False`` only those directories' own entries are looked
+        at (what a watcher event means), plus any directory that is new, in
+        full: a save at the top of a big tree must not re-walk the tree.
         """
         result = ScanResult()
-        roots = [""] if directories is None else self._normalise_roots(directories)
+        roots = [""] if directories is None else self._normalise_roots(directories, recursive)
+        self._new_dirs: set[str] = set()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="syncron-hash") as pool:
             self._pool = pool
             self._inflight: list[Future[tuple[_Pending, FileDigest | ScanError]]] = []
@@ -172,7 +178,7 @@ class Scanner:
             self._forget: list[str] = []
             self.secure = SecurePatterns.load(self.folder)
             for root in roots:
-                self._walk(root, self._rules_for(root))
+                self._walk(root, self._rules_for(root), recursive or directories is None)
             self._drain(0)
             self._flush()
             if self._forget:
@@ -182,13 +188,15 @@ class Scanner:
 
     # ------------------------------------------------------------ the walk
 
-    def _normalise_roots(self, directories: Iterable[str]) -> list[str]:
+    def _normalise_roots(self, directories: Iterable[str], recursive: bool = True) -> list[str]:
         roots: set[str] = set()
         for d in directories:
             d = d.strip("/")
             while d and not (self.folder / d).is_dir():
                 d = d.rpartition("/")[0]
             roots.add(d)
+        if not recursive:
+            return sorted(roots)
         # drop roots below other roots
         ordered = sorted(roots)
         kept: list[str] = []
@@ -216,13 +224,14 @@ class Scanner:
         except OSError:
             return None
 
-    def _walk(self, top: str, top_rules: IgnoreRules) -> None:
-        stack: list[tuple[str, IgnoreRules]] = [(top, top_rules)]
+    def _walk(self, top: str, top_rules: IgnoreRules, recursive: bool = True) -> None:
+        stack: list[tuple[str, IgnoreRules, bool]] = [(top, top_rules, recursive)]
         while stack:
-            directory, rules = stack.pop()
+            directory, rules, full = stack.pop()
             subdirs = self._scan_dir(directory, rules)
             for sub in reversed(subdirs):
-                stack.append((sub, rules.child(sub, self._read_gitignore(sub))))
+                if full or sub in self._new_dirs:
+                    stack.append((sub, rules.child(sub, self._read_gitignore(sub)), True))
 
     def _scan_dir(self, directory: str, rules: IgnoreRules) -> list[str]:
         abs_dir = os.path.join(self.folder, directory) if directory else str(self.folder)
@@ -321,6 +330,7 @@ class Scanner:
     # ------------------------------------------------------------ entries
 
     def _directory(self, rel: str, indexed: bool) -> None:
+        self._new_dirs.add(rel)
         old = self.index.get(rel) if indexed else None
         self._emit(self._new_version(rel, EntryType.DIRECTORY, old, size=0, mode=DIR_MODE))
 

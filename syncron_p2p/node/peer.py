@@ -44,7 +44,8 @@ WRITE_BATCH = 512 * 1024
 RECEIVE_MAX = 256 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 
-OnMessage = Callable[["PeerConnection", Message], Awaitable[None]]
+# called with every message decoded from one read, in order
+OnMessage = Callable[["PeerConnection", list[Message]], Awaitable[None]]
 
 
 class PeerConnection:
@@ -169,8 +170,11 @@ class PeerConnection:
                 return "peer closed the connection"
             self.bytes_in += len(data)
             decoder.feed(bytes(data))
+            batch: list[Message] = []
             while (msg := decoder.next()) is not None:
-                await on_message(self, msg)
+                batch.append(msg)
+            if batch:
+                await on_message(self, batch)
 
     async def _writer(self) -> str | None:
         while True:

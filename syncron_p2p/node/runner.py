@@ -205,16 +205,32 @@ class Node:
 
     def _handle(self, event: Input, now: float) -> list[tuple[Effect, bytes | None]]:
         """In the worker thread: run the engine, encode what it sends."""
-        effects = self.engine.handle(event, now)
-        return [(e, codec.encode(e.message) if isinstance(e, Send) else None) for e in effects]
+        return self._handle_many([event], now)
+
+    def _handle_many(self, events: list[Input], now: float) -> list[tuple[Effect, bytes | None]]:
+        out: list[tuple[Effect, bytes | None]] = []
+        for event in events:
+            for e in self.engine.handle(event, now):
+                out.append((e, codec.encode(e.message) if isinstance(e, Send) else None))
+        return out
 
     async def feed(self, event: Input, origin: str | None = None) -> None:
         """Feed one input to the engine and execute its effects."""
+        await self.feed_many([event], origin)
+
+    async def feed_many(self, events: list[Input], origin: str | None = None) -> None:
+        """Feed inputs to the engine in one worker-thread hop, in order.
+
+        A burst of messages from a peer (block replies, record pages) costs
+        one thread hop and one lock round instead of one per message.
+        """
         async with self.lock:
-            if self._stopping and not isinstance(event, PeerDown):
-                return
+            if self._stopping:
+                events = [e for e in events if isinstance(e, PeerDown)]
+                if not events:
+                    return
             now = trio.current_time()
-            effects = await trio.to_thread.run_sync(self._handle, event, now)
+            effects = await trio.to_thread.run_sync(self._handle_many, events, now)
             waits = self._execute(effects)
         for conn in waits:
             if conn.peer_id != origin:
@@ -279,7 +295,8 @@ class Node:
     def _scan_sync(
         self, directories: list[str] | None, now: float, scanner: Scanner
     ) -> tuple[ScanResult, list[tuple[Effect, bytes | None]], list[str] | None, int | None]:
-        result = scanner.scan(directories)
+        # targeted rescans (watcher events, Rescan effects) are per directory
+        result = scanner.scan(directories, recursive=directories is None)
         effects = self._handle(LocalChanges(tuple(result.changed)), now) if result.changed else []
         dirs: list[str] | None = None
         conflicts: int | None = None
@@ -427,10 +444,11 @@ class Node:
             self._rebrowse.set()
         gone.set()
 
-    async def _on_message(self, conn: PeerConnection, msg: Message) -> None:
+    async def _on_message(self, conn: PeerConnection, msgs: list[Message]) -> None:
         if self.connections.get(conn.peer_id) is not conn:
             return
-        await self.feed(Received(conn.peer_id, msg), origin=conn.peer_id)
+        events: list[Input] = [Received(conn.peer_id, m) for m in msgs]
+        await self.feed_many(events, origin=conn.peer_id)
 
     async def _wait_gone(self, peer_id: str) -> None:
         conn = self.connections.get(peer_id)
