@@ -408,10 +408,51 @@ def demo(
     run_trio(run_demo, typer.echo, mdns, keep)
 
 
+# ================================================================== revert
+
+
+def revert_offline(root: Path) -> list[str]:
+    """Revert a stopped receive-only node's local edits directly on its folder."""
+    from syncron_p2p.config import Role
+    from syncron_p2p.node.disk import RealDisk
+    from syncron_p2p.sync.engine import Engine
+
+    mesh = Mesh.load(root)
+    with Index.open(root, mesh.node_id) as index:
+        engine = Engine(index, RealDisk(root), mesh.node_id, role=Role(mesh.role))
+        reverted, _ = engine.revert_local(0.0)
+    return reverted
+
+
+def revert(
+    folder: Annotated[Path, typer.Argument(help="A receive-only folder.")],
+) -> None:
+    """Receive-only: undo local edits (each is kept as a conflict copy) and follow the mesh."""
+    root = check_folder(folder)
+    mesh = Mesh.load(root)
+    if mesh.role != "receive-only":
+        raise UsageError(
+            f"{folder} is {mesh.role}; only receive-only folders have local edits to revert"
+        )
+    reply = control.query(root, {"cmd": "revert"})
+    reverted = (
+        reply["reverted"] if reply is not None and "reverted" in reply else revert_offline(root)
+    )
+    if not reverted:
+        typer.echo("nothing to revert: this folder follows the mesh")
+        return
+    for path in reverted:
+        typer.echo(f"reverted {path}")
+    typer.echo(
+        f"{len(reverted)} local change(s) set aside as conflict copies; the mesh's versions follow"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Attach the node commands to ``app``."""
     app.command("join")(join)
     app.command("status")(status)
     app.command("conflicts")(conflicts)
+    app.command("revert")(revert)
     app.command("service")(service)
     app.command("demo")(demo)

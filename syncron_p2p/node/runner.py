@@ -766,7 +766,23 @@ class Node:
         if cmd == "scan":
             self._mark_dirty(None)
             return {"ok": True}
+        if cmd == "revert":
+            return {"reverted": await self.revert()}
         return {"error": f"unknown command {cmd!r}"}
+
+    async def revert(self) -> list[str]:
+        """Receive-only: set local edits aside and follow the mesh again."""
+        async with self.lock:
+            now = trio.current_time()
+            reverted, effects = await trio.to_thread.run_sync(self._revert_sync, now)
+            self._execute(effects)
+        return reverted
+
+    def _revert_sync(self, now: float) -> tuple[list[str], list[tuple[Effect, bytes | None]]]:
+        reverted, effects = self.engine.revert_local(now)
+        return reverted, [
+            (e, codec.encode(e.message) if isinstance(e, Send) else None) for e in effects
+        ]
 
     @property
     def stopping(self) -> bool:

@@ -1,0 +1,32 @@
+"""`syncron-p2p revert` on a receive-only folder (no node running)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nodeproc import cli
+
+from syncron_p2p.sync.conflicts import CONFLICT_MARK
+
+
+def test_revert_sets_local_edits_aside_and_refuses_other_roles(tmp_path: Path) -> None:
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    assert cli("init", backup, "--role", "receive-only").returncode == 0
+    (backup / "notes.txt").write_text("edited on the backup")
+    assert cli("scan", backup).returncode == 0
+    out = cli("revert", backup)
+    assert out.returncode == 0, out.stderr
+    assert "reverted notes.txt" in out.stdout
+    assert not (backup / "notes.txt").exists()
+    kept = [p for p in backup.iterdir() if CONFLICT_MARK in p.name]
+    assert len(kept) == 1 and kept[0].read_text() == "edited on the backup"
+    again = cli("revert", backup)
+    assert again.returncode == 0 and "nothing to revert" in again.stdout
+
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    assert cli("init", laptop).returncode == 0
+    refused = cli("revert", laptop)
+    assert refused.returncode == 2
+    assert "receive-only" in refused.stderr and "Traceback" not in refused.stderr
