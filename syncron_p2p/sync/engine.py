@@ -522,9 +522,10 @@ class Engine:
         self._request_blocks()
         if not self.jobs and not self.queue and self.deletes:
             self._run_deletes()
-        if self._changed and not self.jobs and not self.queue and not self.deletes:
+        idle = not self.jobs and not self.queue and not self.deletes
+        if self._changed and idle and self.timing.eager_push:
             # Work drained: tell every peer our new root, so "in sync" is known
-            # now rather than at the next anti-entropy round.
+            # now rather than at the next anti-entropy round (eager, like pushes).
             self._changed = False
             for peer in self._active():
                 self._send_root(peer, self.peers[peer])
