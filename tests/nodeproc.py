@@ -136,3 +136,12 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def start_node(procs: list[NodeProc], folder: Path, *args: str) -> NodeProc:
+    """Start a fast-timer node on 127.0.0.1 (no mDNS) and wait until it listens."""
+    folder.mkdir(exist_ok=True)
+    node = NodeProc(folder, "--listen", "127.0.0.1:0", "--no-mdns", *FAST, *args)
+    procs.append(node)
+    node.wait_listening()
+    return node

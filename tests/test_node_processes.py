@@ -7,30 +7,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nodeproc import FAST, NodeProc, cli, tree, wait_for
+from nodeproc import NodeProc, cli, start_node, tree, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def procs() -> Iterator[list[NodeProc]]:
-    started: list[NodeProc] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.stop(signal.SIGKILL)
-
-
-def start(procs: list[NodeProc], folder: Path, *args: str) -> NodeProc:
-    folder.mkdir(exist_ok=True)
-    node = NodeProc(folder, "--listen", "127.0.0.1:0", "--no-mdns", *FAST, *args)
-    procs.append(node)
-    node.wait_listening()
-    return node
 
 
 def converged(folders: list[Path]) -> bool:
@@ -39,10 +21,10 @@ def converged(folders: list[Path]) -> bool:
 
 
 def three(procs: list[NodeProc], tmp_path: Path) -> list[NodeProc]:
-    a = start(procs, tmp_path / "a")
+    a = start_node(procs, tmp_path / "a")
     assert a.invite, a.lines
-    b = start(procs, tmp_path / "b", "--code", a.invite, "--peer", f"127.0.0.1:{a.port}")
-    c = start(
+    b = start_node(procs, tmp_path / "b", "--code", a.invite, "--peer", f"127.0.0.1:{a.port}")
+    c = start_node(
         procs,
         tmp_path / "c",
         "--code",
@@ -134,10 +116,10 @@ def test_sigterm_mid_transfer_then_restart_converges(procs: list[NodeProc], tmp_
         for _ in range(200):
             f.write(os.urandom(1 << 20))
     want = sha(big)
-    a = start(procs, a_dir)
+    a = start_node(procs, a_dir)
     assert a.invite
     b_dir = tmp_path / "b"
-    b = start(procs, b_dir, "--code", a.invite, "--peer", f"127.0.0.1:{a.port}")
+    b = start_node(procs, b_dir, "--code", a.invite, "--peer", f"127.0.0.1:{a.port}")
     tmp = b_dir / ".syncron" / "tmp"
 
     def partial() -> bool:
@@ -151,7 +133,7 @@ def test_sigterm_mid_transfer_then_restart_converges(procs: list[NodeProc], tmp_
     assert not target.exists() or sha(target) == want
     assert {p.name for p in b_dir.iterdir()} <= {".syncron", "big.bin"}
 
-    b2 = start(procs, b_dir)  # remembers mesh, peers and options
+    b2 = start_node(procs, b_dir)  # remembers mesh, peers and options
     wait_for(
         lambda: target.exists() and target.stat().st_size == big.stat().st_size, 120, "big.bin"
     )
@@ -161,7 +143,7 @@ def test_sigterm_mid_transfer_then_restart_converges(procs: list[NodeProc], tmp_
 
 
 def test_second_node_on_one_folder_and_port_in_use(procs: list[NodeProc], tmp_path: Path) -> None:
-    a = start(procs, tmp_path / "a")
+    a = start_node(procs, tmp_path / "a")
     again = cli("join", a.folder, "--no-mdns", "--listen", "127.0.0.1:0", timeout=30)
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1
@@ -179,10 +161,10 @@ def test_dead_peer_detected_by_heartbeat_then_reconnects(
     procs: list[NodeProc], tmp_path: Path
 ) -> None:
     """A frozen peer (SIGSTOP: no FIN, no RST) is dropped after --peer-timeout."""
-    a = start(procs, tmp_path / "a")
+    a = start_node(procs, tmp_path / "a")
     assert a.invite
     # b never scans by itself: only its periodic scan (no watcher) finds edits
-    b = start(
+    b = start_node(
         procs, tmp_path / "b", "--code", a.invite, "--peer", f"127.0.0.1:{a.port}", "--no-watch"
     )
     wait_for(lambda: any(p["connected"] for p in a.status()["peers"]), 30, "a connection")

@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from nodeproc import FAST, NodeProc, cli, wait_for
+from nodeproc import NodeProc, cli, start_node, wait_for
 from securemesh import footprint
-
-
-@pytest.fixture
-def procs() -> Iterator[list[NodeProc]]:
-    started: list[NodeProc] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.stop(signal.SIGKILL)
-
-
-def start(procs: list[NodeProc], folder: Path, *args: str) -> NodeProc:
-    folder.mkdir(exist_ok=True)
-    node = NodeProc(folder, "--listen", "127.0.0.1:0", "--no-mdns", *FAST, *args)
-    procs.append(node)
-    node.wait_listening()
-    return node
-
 
 SECRET = b"PASSWORD-DATABASE-PLAINTEXT " * 4000
 EDITED = b"EDITED-ON-B-PLAINTEXT " * 3000
@@ -42,11 +21,11 @@ def test_real_nodes_keyless_footprint_has_no_plaintext(
     (a_dir / "private").mkdir()
     (a_dir / "private" / "notes.txt").write_bytes(EDITED[:1000])
     (a_dir / "public.txt").write_bytes(b"public\n")
-    a = start(procs, a_dir)
+    a = start_node(procs, a_dir)
     assert a.invite
     secure = cli("invite", a_dir, "--secure", check=True).stdout.strip()
-    b = start(procs, tmp_path / "b", "--code", secure, "--peer", f"127.0.0.1:{a.port}")
-    c = start(
+    b = start_node(procs, tmp_path / "b", "--code", secure, "--peer", f"127.0.0.1:{a.port}")
+    c = start_node(
         procs,
         tmp_path / "c",
         "--code",
