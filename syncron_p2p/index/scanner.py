@@ -56,8 +56,6 @@ from syncron_p2p.index.blocks import FileDigest, hash_file
 from syncron_p2p.index.db import Index, Known
 from syncron_p2p.index.ignore import IgnoreRules
 from syncron_p2p.index.records import (
-    EMPTY_HASH,
-    Block,
     EntryType,
     Record,
     StatFingerprint,
@@ -284,7 +282,7 @@ class Scanner:
             elif stat.S_ISREG(mode):
                 self._result.files += 1
                 self._result.total_bytes += st.st_size
-                fmode = FILE_MODE_EXEC if mode & stat.S_IXUSR else FILE_MODE_PLAIN
+                fmode = file_mode(mode)
                 was_sealed = live and old is not None and old[0] == EntryType.FILE and old[8]
                 sealed = bool(was_sealed) or self.secure.protects(rel)
                 if (
@@ -332,7 +330,7 @@ class Scanner:
     def _directory(self, rel: str, indexed: bool) -> None:
         self._new_dirs.add(rel)
         old = self.index.get(rel) if indexed else None
-        self._emit(self._new_version(rel, EntryType.DIRECTORY, old, size=0, mode=DIR_MODE))
+        self._emit(mint(rel, EntryType.DIRECTORY, old, self.index.actor, mode=DIR_MODE))
 
     def _symlink(self, rel: str, abspath: str, known: Known | None) -> None:
         try:
@@ -349,11 +347,11 @@ class Scanner:
         if known is not None and known[0] == EntryType.SYMLINK and known[3] == target:
             return
         self._emit(
-            self._new_version(
+            mint(
                 rel,
                 EntryType.SYMLINK,
                 self.index.get(rel),
-                size=0,
+                self.index.actor,
                 mode=0o777,
                 content_hash=blake3.blake3(target.encode("utf-8")).digest(),
                 target=target,
@@ -394,18 +392,19 @@ class Scanner:
             and old.mode == p.mode
         ):
             # Same content (touched, or copied back): refresh the fingerprint only.
-            self._emit(_refingerprinted(old, p.fp))
+            self._emit(replace(old, fingerprint=p.fp))
             return
         self._emit(
-            self._new_version(
+            mint(
                 p.rel,
                 EntryType.FILE,
                 old,
+                self.index.actor,
                 size=digest.size,
                 mode=p.mode,
                 content_hash=digest.content_hash,
                 blocks=digest.blocks,
-                fp=p.fp,
+                fingerprint=p.fp,
                 sealed=p.sealed,
             )
         )
@@ -415,14 +414,14 @@ class Scanner:
         live = old is not None and not old.deleted and old.type == EntryType.FILE
         same = live and old is not None and old.content_hash == digest.content_hash
         if same and old is not None and old.mode == p.mode:
-            self._emit(_refingerprinted(old, p.fp))
+            self._emit(replace(old, fingerprint=p.fp))
             return
         self._error(
             p.rel, "protected by .secure and changed here without the secure key; not synced"
         )
         if live and old is not None:
             # Keep the record (what the mesh holds); the next version replaces the file.
-            self._emit(_refingerprinted(old, p.fp))
+            self._emit(replace(old, fingerprint=p.fp))
 
     def _drop_kept(self, old: Record) -> None:
         """Remove the kept sealed object of ``old`` unless another path has it."""
@@ -451,40 +450,7 @@ class Scanner:
             return
         if old.sealed and not old.deleted:
             self._drop_kept(old)
-        self._emit(self._tombstone(old))
-
-    # ---------------------------------------------------------- versions
-
-    def _new_version(
-        self,
-        rel: str,
-        kind: EntryType,
-        old: Record | None,
-        *,
-        size: int,
-        mode: int,
-        content_hash: bytes = EMPTY_HASH,
-        blocks: tuple[Block, ...] = (),
-        target: str = "",
-        fp: StatFingerprint | None = None,
-        sealed: bool = False,
-    ) -> Record:
-        return mint(
-            rel,
-            kind,
-            old,
-            self.index.actor,
-            size=size,
-            mode=mode,
-            content_hash=content_hash,
-            blocks=blocks,
-            target=target,
-            fingerprint=fp,
-            sealed=sealed,
-        )
-
-    def _tombstone(self, old: Record) -> Record:
-        return tombstone(old, self.index.actor)
+        self._emit(tombstone(old, self.index.actor))
 
     def _emit(self, record: Record) -> None:
         self._batch.append(record)
@@ -598,10 +564,6 @@ class _Kept:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
             self.path = None
-
-
-def _refingerprinted(old: Record, fp: StatFingerprint) -> Record:
-    return replace(old, fingerprint=fp)
 
 
 def _is_utf8(name: str) -> bool:
