@@ -19,7 +19,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import blake3
@@ -151,7 +151,7 @@ class RealDisk:
     ) -> Observation:
         temp = self._temp(key)
         target = self._path(path)
-        try:
+        with _failing(f"cannot install {path}"):
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
             try:
                 os.ftruncate(fd, size)
@@ -164,64 +164,44 @@ class RealDisk:
             self._clear(path, target, expect, keep_file=True)
             os.replace(temp, target)
             _fsync_dir(target.parent)
-        except LocalChanged:
-            raise
-        except OSError as exc:
-            raise DiskFailure(f"cannot install {path}: {exc.strerror}") from None
         return self._observed(path)
 
     def install_dir(self, path: str, expect: Observation | None) -> Observation:
         target = self._path(path)
-        try:
+        with _failing(f"cannot create directory {path}"):
             now = self._check(path, expect)
             if now is not None and now.type == EntryType.DIRECTORY:
                 return now
             self._make_parents(path)
             self._clear(path, target, expect)
             target.mkdir(mode=0o755)
-        except LocalChanged:
-            raise
-        except OSError as exc:
-            raise DiskFailure(f"cannot create directory {path}: {exc.strerror}") from None
         return self._observed(path)
 
     def install_symlink(self, path: str, target: str, expect: Observation | None) -> Observation:
         dest = self._path(path)
-        try:
+        with _failing(f"cannot create symlink {path}"):
             self._check(path, expect)
             self._make_parents(path)
             self._clear(path, dest, expect)
             os.symlink(target, dest)
-        except LocalChanged:
-            raise
-        except OSError as exc:
-            raise DiskFailure(f"cannot create symlink {path}: {exc.strerror}") from None
         return self._observed(path)
 
     def remove(self, path: str, expect: Observation | None) -> None:
         target = self._path(path)
-        try:
+        with _failing(f"cannot remove {path}"):
             self._check(path, expect)
             if expect is not None:
                 self._clear(path, target, expect)
-        except LocalChanged:
-            raise
-        except OSError as exc:
-            raise DiskFailure(f"cannot remove {path}: {exc.strerror}") from None
 
     def move(self, src: str, dst: str, expect: Observation | None) -> Observation:
         source, dest = self._path(src), self._path(dst)
-        try:
+        with _failing(f"cannot move {src} to {dst}"):
             self._check(src, expect)
             if self.observe(dst) is not None:
                 raise LocalChanged(f"{dst} already exists")
             self._make_parents(dst)
             os.rename(source, dest)
             _fsync_dir(dest.parent)
-        except LocalChanged:
-            raise
-        except OSError as exc:
-            raise DiskFailure(f"cannot move {src} to {dst}: {exc.strerror}") from None
         return self._observed(dst)
 
     # ---------------------------------------------------------- internals
@@ -264,6 +244,18 @@ class RealDisk:
                 raise
         elif expect.type == EntryType.SYMLINK or not keep_file:
             target.unlink()
+
+
+@contextlib.contextmanager
+def _failing(what: str) -> Iterator[None]:
+    """Turn an OS error into a DiskFailure saying what failed.
+
+    LocalChanged passes through untouched: it is the engine's cue to rescan.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise DiskFailure(f"{what}: {exc.strerror}") from None
 
 
 def _observation(p: Path, st: os.stat_result) -> Observation | None:
