@@ -27,6 +27,14 @@ fp_inode, fp_ctime_ns, sealed)``
 ``kv(ns, key, value)``
     Small engine state that must survive restarts (peer acknowledgements,
     pending pulls), namespaced.
+``scan_dirs(dir PRIMARY KEY, summary, files, symlinks, bytes)`` (schema v3)
+    The scanner's per-directory shortcut: a digest of a directory's listing
+    (every entry's name and ``lstat`` facts, and the rules in force) taken
+    when the index agreed with it, with the counts the scan reports. Any
+    :meth:`Index.put` or :meth:`Index.forget` of a path drops the row of its
+    parent directory, so a row only exists while the directory's records
+    are untouched since; an unchanged rescan of such a directory compares
+    one digest instead of every entry (``scanner.py``).
 
 Migrations run in order from the stored ``schema_version``; a database from
 a newer version is refused with a :class:`ConfigError`.
@@ -34,6 +42,7 @@ a newer version is refused with a :class:`ConfigError`.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -57,7 +66,7 @@ from syncron_p2p.index.records import (
 from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.paths import parent
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -91,6 +100,12 @@ _MIGRATIONS: dict[int, list[str]] = {
     # v2: sealed (.secure) records. Existing rows are unsealed, whose digest
     # did not change, so no leaf needs recomputing.
     2: ["ALTER TABLE records ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0"],
+    # v3: the scanner's per-directory listing digests (a cache: starts empty).
+    3: [
+        "CREATE TABLE scan_dirs (dir TEXT PRIMARY KEY, summary BLOB NOT NULL,"
+        " files INTEGER NOT NULL, symlinks INTEGER NOT NULL, bytes INTEGER NOT NULL)"
+        " WITHOUT ROWID"
+    ],
 }
 
 _COLUMNS = (
@@ -99,8 +114,19 @@ _COLUMNS = (
 )
 
 
+_INSERT = (
+    "INSERT OR REPLACE INTO records (path, parent, type, size, mode, hash, blocks,"
+    " version, deleted, target, origin, origin_sum, sequence, digest, fp_size,"
+    " fp_mtime_ns, fp_inode, fp_ctime_ns, sealed)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_NO_FINGERPRINT = (None, None, None, None)
+
+
 # (type, deleted, mode, target, fp_size, fp_mtime_ns, fp_inode, fp_ctime_ns, sealed)
 Known = tuple[int, int, int, str, int | None, int | None, int | None, int | None, int]
+# (summary digest, files, symlinks, bytes): see ``scan_dirs`` above
+DirSummary = tuple[bytes, int, int, int]
 
 
 def pack_blocks(blocks: Iterable[Block]) -> bytes:
@@ -124,8 +150,17 @@ def unpack_blocks(data: bytes) -> tuple[Block, ...]:
     return tuple(blocks)
 
 
+_PACKED_VERSIONS: dict[VersionVector, bytes] = {}
+
+
 def pack_version(v: VersionVector) -> bytes:
-    packed: bytes = msgpack.packb(v.encode(), use_bin_type=True)
+    # A scan mints thousands of records with the same vector: pack each once.
+    packed = _PACKED_VERSIONS.get(v)
+    if packed is None:
+        packed = msgpack.packb(v.encode(), use_bin_type=True)
+        if len(_PACKED_VERSIONS) >= 256:
+            _PACKED_VERSIONS.clear()
+        _PACKED_VERSIONS[v] = packed
     return packed
 
 
@@ -294,39 +329,47 @@ class Index:
         Records whose synced state did not change (same digest) keep their
         sequence number and only get their stat fingerprint updated.
         """
-        stored: list[Record] = []
+        batch = list(records)
+        return [_with_sequence(rec, seq) for rec, seq in zip(batch, self.store(batch), strict=True)]
+
+    def store(self, records: Iterable[Record]) -> list[int]:
+        """:meth:`put`, returning only the sequence number each record got.
+
+        For callers that need not build the stored records (the scanner).
+        """
+        sequences: list[int] = []
         merkle_changes: list[tuple[str, bytes | None]] = []
+        inserts: list[tuple[object, ...]] = []
+        parents: set[str] = set()
+        leaf = self.merkle.leaf
         with self._transaction() as cur:
             for rec in records:
+                path = rec.path
                 digest = entry_digest(rec)
-                old = self.merkle.leaf(rec.path)
                 fp = rec.fingerprint
-                fpv = (
-                    (fp.size, fp.mtime_ns, fp.inode, fp.ctime_ns)
-                    if fp
-                    else (None, None, None, None)
-                )
-                if old == digest:
+                fpv = (fp.size, fp.mtime_ns, fp.inode, fp.ctime_ns) if fp else _NO_FINGERPRINT
+                up = parent(path)
+                parents.add(up)
+                if leaf(path) == digest:
+                    if inserts:  # keep the statements in order (a path may repeat)
+                        cur.executemany(_INSERT, inserts)
+                        inserts = []
                     cur.execute(
                         "UPDATE records SET fp_size=?, fp_mtime_ns=?, fp_inode=?, fp_ctime_ns=?"
                         " WHERE path=?",
-                        (*fpv, rec.path),
+                        (*fpv, path),
                     )
                     row = cur.execute(
-                        "SELECT sequence FROM records WHERE path=?", (rec.path,)
+                        "SELECT sequence FROM records WHERE path=?", (path,)
                     ).fetchone()
-                    stored.append(_with_sequence(rec, int(row[0])))
+                    sequences.append(int(row[0]))
                     continue
                 seq = self._next_seq
                 self._next_seq += 1
-                cur.execute(
-                    "INSERT OR REPLACE INTO records (path, parent, type, size, mode, hash, blocks,"
-                    " version, deleted, target, origin, origin_sum, sequence, digest, fp_size,"
-                    " fp_mtime_ns, fp_inode, fp_ctime_ns, sealed)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                inserts.append(
                     (
-                        rec.path,
-                        parent(rec.path),
+                        path,
+                        up,
                         int(rec.type),
                         rec.size,
                         rec.mode,
@@ -341,15 +384,18 @@ class Index:
                         digest,
                         *fpv,
                         int(rec.sealed),
-                    ),
+                    )
                 )
-                merkle_changes.append((rec.path, digest))
-                stored.append(_with_sequence(rec, seq))
+                merkle_changes.append((path, digest))
+                sequences.append(seq)
+            if inserts:
+                cur.executemany(_INSERT, inserts)
+            _drop_summaries(cur, parents)
             cur.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (str(self._next_seq),)
             )
         self.merkle.update(merkle_changes)
-        return stored
+        return sequences
 
     def forget(self, paths: Iterable[str]) -> None:
         """Remove records entirely (tombstone collection, once causally stable)."""
@@ -358,7 +404,36 @@ class Index:
             for path in paths:
                 cur.execute("DELETE FROM records WHERE path=?", (path,))
                 removed.append((path, None))
+            _drop_summaries(cur, {parent(path) for path, _ in removed})
         self.merkle.update(removed)
+
+    # ------------------------------------------------- scanner directory digests
+
+    def dir_summary(self, directory: str) -> DirSummary | None:
+        """The scanner's stored summary of ``directory`` (see ``scan_dirs``), if any."""
+        row = self._conn.execute(
+            "SELECT summary, files, symlinks, bytes FROM scan_dirs WHERE dir=?", (directory,)
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    def set_dir_summaries(self, items: Iterable[tuple[str, DirSummary | None]]) -> None:
+        """Store (or, with None, drop) directory summaries, in one transaction.
+
+        Only the scanner calls this, right after storing the records the
+        summary vouches for; every later put or forget below the directory
+        drops it again.
+        """
+        rows = list(items)
+        if not rows:
+            return
+        with self._transaction() as cur:
+            cur.executemany(
+                "INSERT OR REPLACE INTO scan_dirs VALUES (?,?,?,?,?)",
+                [(d, *s) for d, s in rows if s is not None],
+            )
+            cur.executemany(
+                "DELETE FROM scan_dirs WHERE dir=?", [(d,) for d, s in rows if s is None]
+            )
 
     def kv_get(self, ns: str, key: str) -> bytes | None:
         row = self._conn.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
@@ -377,20 +452,61 @@ class Index:
     def _transaction(self) -> _Tx:
         return _Tx(self._conn)
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group every write inside into one transaction, committed at the end.
+
+        Reads inside see the writes; each :meth:`put` still succeeds or fails
+        as a whole (a savepoint). The node wraps one engine batch in this, so
+        a burst of applied files costs one commit, not one per file. If the
+        block raises, nothing of it is stored and the merkle tree is rebuilt
+        from the database. Nested use joins the outer batch.
+        """
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            self._reload()
+            raise
+        self._conn.execute("COMMIT")
+
+    def _reload(self) -> None:
+        self._next_seq = int(self._meta("next_sequence") or "1")
+        self.merkle = MerkleTree.from_items(
+            (path, digest)
+            for path, digest in self._conn.execute("SELECT path, digest FROM records")
+        )
+
 
 class _Tx:
+    """One transaction, or a savepoint when inside :meth:`Index.batch`."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._nested = False
 
     def __enter__(self) -> sqlite3.Cursor:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._nested = self._conn.in_transaction
+        self._conn.execute("SAVEPOINT put" if self._nested else "BEGIN IMMEDIATE")
         return self._conn.cursor()
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
+        if self._nested:
+            if exc_type is not None:
+                self._conn.execute("ROLLBACK TO put")
+            self._conn.execute("RELEASE put")
+        elif exc_type is None:
             self._conn.execute("COMMIT")
         else:
             self._conn.execute("ROLLBACK")
+
+
+def _drop_summaries(cur: sqlite3.Cursor, directories: Iterable[str]) -> None:
+    cur.executemany("DELETE FROM scan_dirs WHERE dir=?", [(d,) for d in directories])
 
 
 def _with_sequence(rec: Record, seq: int) -> Record:
