@@ -102,7 +102,7 @@ _MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE records ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0"],
     # v3: the scanner's per-directory listing digests (a cache: starts empty).
     3: [
-        "CREATE TABLE scan_dirs (dir TEXT PRIMARY KEY, summary BLOB NOT NULL,"
+        "CREATE TABLE IF NOT EXISTS scan_dirs (dir TEXT PRIMARY KEY, summary BLOB NOT NULL,"
         " files INTEGER NOT NULL, symlinks INTEGER NOT NULL, bytes INTEGER NOT NULL)"
         " WITHOUT ROWID"
     ],
