@@ -74,6 +74,7 @@ POLICY = BlockPolicy(
 )
 
 _READ_BUFFER = 16 * MiB
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,9 @@ class FileDigest:
     content_hash: bytes
     size: int
     blocks: tuple[Block, ...]
+
+
+EMPTY_DIGEST = FileDigest(EMPTY_HASH, 0, ())
 
 
 def _cut(view: memoryview) -> list[tuple[int, int]]:
@@ -113,7 +117,26 @@ def verify_block(data: bytes | bytearray | memoryview, expected_hash: bytes) -> 
     return blake3.blake3(data).digest() == expected_hash
 
 
-_SMALL_FILE = 4 * 1024 * 1024  # below this, read whole (at most one allocation of its size)
+_SMALL_FILE = 4 * 1024 * 1024  # below this, read whole (one allocation of the file's size)
+
+
+def digest_bytes(data: bytes | bytearray | memoryview) -> FileDigest:
+    """The :class:`FileDigest` of an in-memory content (what :func:`hash_file` gives).
+
+    Content no longer than the minimum block is one block whatever the
+    chunker would say (it never cuts before ``min_size``), so it is hashed
+    once and the chunker is not called.
+    """
+    size = len(data)
+    if size == 0:
+        return EMPTY_DIGEST
+    if size <= POLICY.min_size:
+        whole = blake3.blake3(data).digest()
+        return FileDigest(whole, size, (Block(0, size, whole),))
+    blocks = tuple(chunk_bytes(data))
+    # a one-block file's block hash is its content hash: hash once
+    whole = blocks[0].hash if len(blocks) == 1 else blake3.blake3(data).digest()
+    return FileDigest(whole, size, blocks)
 
 
 def hash_file(path: os.PathLike[str] | str) -> FileDigest:
@@ -123,17 +146,33 @@ def hash_file(path: os.PathLike[str] | str) -> FileDigest:
     result describes exactly the bytes read, even if the file changed
     meanwhile; raises ``OSError`` as ``open``/``read`` do.
     """
-    with open(path, "rb", buffering=0) as f:
-        if os.fstat(f.fileno()).st_size < _SMALL_FILE:
-            # Most files are small: one read, no big buffer to allocate and zero.
-            data = f.read(_SMALL_FILE)
-            if len(data) < _SMALL_FILE:
-                if not data:
-                    return FileDigest(EMPTY_HASH, 0, ())
-                small = tuple(chunk_bytes(data))
-                # a one-block file's block hash is its content hash: hash once
-                whole = small[0].hash if len(small) == 1 else blake3.blake3(data).digest()
-                return FileDigest(whole, len(data), small)
+    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_fd(fd: int, size_hint: int | None = None) -> FileDigest:
+    """:func:`hash_file` of a file opened for reading at offset 0 (not closed here).
+
+    ``size_hint`` is the size the caller expects (from a ``stat`` it already
+    made; default: ``fstat``). A file smaller than 4 MiB is read with one
+    ``read`` of that size plus one byte: most files are small, and a buffer
+    of their own size is all they cost. A file that turns out longer than
+    the hint is streamed instead, so the result is still exactly what was
+    read.
+    """
+    size = os.fstat(fd).st_size if size_hint is None else size_hint
+    if size < _SMALL_FILE:
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return digest_bytes(data)
+        os.lseek(fd, 0, os.SEEK_SET)  # it grew meanwhile: stream it from the start
+    return _hash_stream(fd)
+
+
+def _hash_stream(fd: int) -> FileDigest:
     content = blake3.blake3(max_threads=blake3.blake3.AUTO)
     blocks: list[Block] = []
     buffer = bytearray(_READ_BUFFER)
@@ -141,9 +180,9 @@ def hash_file(path: os.PathLike[str] | str) -> FileDigest:
     base = 0  # file offset of buffer[0]
     filled = 0
     eof = False
-    with open(path, "rb", buffering=0) as f:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    with open(fd, "rb", buffering=0, closefd=False) as f:
         while True:
             while filled < len(buffer):
                 n = f.readinto(view[filled:])
@@ -173,5 +212,5 @@ def hash_file(path: os.PathLike[str] | str) -> FileDigest:
     view.release()
     size = base
     if not blocks:
-        return FileDigest(EMPTY_HASH, 0, ())
+        return EMPTY_DIGEST
     return FileDigest(content.digest(), size, tuple(blocks))
