@@ -118,6 +118,25 @@ def name_problem(name: str, depth: int = 0) -> str | None:
     return None
 
 
+def names_problem_free(names: list[str], depth: int = 0) -> bool:
+    """True when :func:`name_problem` accepts every name of one directory.
+
+    Decided for the whole listing at once (one scan of the joined names in
+    C): the common directory holds only short ASCII names, and its entries
+    then need no check of their own. False means "check each name".
+    """
+    if not names:
+        return True
+    if depth >= MAX_DEPTH:
+        return False
+    joined = "".join(names)
+    if not joined.isascii() or _BAD_NAME_CHARS.search(joined):
+        return False
+    if max(map(len, names)) > MAX_NAME_BYTES or "" in names or "." in names or ".." in names:
+        return False
+    return not (depth == 0 and STATE_DIR in names)
+
+
 def is_valid(rel: str) -> bool:
     """True when :func:`validate` accepts ``rel``."""
     try:

@@ -11,7 +11,14 @@ import pytest
 from syncron_p2p.errors import ConfigError
 from syncron_p2p.index.db import SCHEMA_VERSION, Index
 from syncron_p2p.index.merkle import MerkleTree
-from syncron_p2p.index.records import Block, EntryType, Record, StatFingerprint, entry_digest
+from syncron_p2p.index.records import (
+    Block,
+    EntryType,
+    Record,
+    StatFingerprint,
+    entry_digest,
+    mint,
+)
 from syncron_p2p.index.versions import VersionVector
 
 
@@ -102,3 +109,16 @@ def test_forget_removes_from_merkle(tmp_path: Path) -> None:
         index.put([rec("gone")])
         index.forget(["gone"])
         assert index.get("gone") is None and index.merkle.root() == empty
+
+
+def test_dir_summaries_are_dropped_by_any_change_below(tmp_path: Path) -> None:
+    with Index.open(tmp_path, "NODE") as index:
+        summary = (b"s" * 32, 1, 0, 5)
+        index.set_dir_summaries([("d", summary), ("e", summary), ("", summary)])
+        assert index.dir_summary("d") == summary
+        index.put([mint("d/x", EntryType.FILE, None, index.actor)])
+        assert index.dir_summary("d") is None and index.dir_summary("e") == summary
+        index.forget(["e/gone"])  # even a path it does not hold
+        assert index.dir_summary("e") is None and index.dir_summary("") == summary
+        index.set_dir_summaries([("", None)])
+        assert index.dir_summary("") is None

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncron_p2p.index import scanner as scanner_mod
-from syncron_p2p.index.blocks import FileDigest
+from syncron_p2p.index.blocks import FileDigest, hash_file
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.records import EntryType
 from syncron_p2p.index.scanner import Scanner
@@ -169,20 +169,20 @@ def test_unreadable_file_and_directory_are_reported_and_not_tombstoned(
         scan(folder, index)
         (folder / "secret.txt").write_text("changed!")  # forces a rehash
         real_scandir = os.scandir
-        real_hash = scanner_mod.hash_file
+        real_open = os.open
 
         def scandir(path: str) -> object:
             if str(path).endswith("locked"):
                 raise PermissionError(13, "Permission denied")
             return real_scandir(path)
 
-        def hash_file(path: str) -> FileDigest:
+        def open_(path: str, flags: int, *args: int, **kw: object) -> int:
             if str(path).endswith("secret.txt"):
                 raise PermissionError(13, "Permission denied")
-            return real_hash(path)
+            return real_open(path, flags, *args, **kw)  # type: ignore[arg-type]
 
         monkeypatch.setattr(scanner_mod.os, "scandir", scandir)
-        monkeypatch.setattr(scanner_mod, "hash_file", hash_file)
+        monkeypatch.setattr(scanner_mod.os, "open", open_)
         result = scan(folder, index)
         reasons = {e.path: e.reason for e in result.errors}
         assert "cannot list" in reasons["locked"] and "cannot read" in reasons["secret.txt"]
@@ -195,23 +195,23 @@ def test_file_changing_while_hashed_is_rescanned(
 ) -> None:
     target = folder / "busy.bin"
     target.write_bytes(b"one" * 1000)
-    real_hash = scanner_mod.hash_file
+    real_hash = scanner_mod.hash_fd
     calls = {"n": 0}
 
-    def hash_file(path: str) -> FileDigest:
+    def hash_fd(fd: int, size_hint: int | None = None) -> FileDigest:
         calls["n"] += 1
-        digest = real_hash(path)
+        digest = real_hash(fd, size_hint)
         if calls["n"] == 1:
             target.write_bytes(b"two!" * 1000)  # changes after being read
         return digest
 
-    monkeypatch.setattr(scanner_mod, "hash_file", hash_file)
+    monkeypatch.setattr(scanner_mod, "hash_fd", hash_fd)
     with Index.open(folder, NODE) as index:
         scan(folder, index)
         rec = index.get("busy.bin")
         assert calls["n"] == 2
         assert rec is not None and rec.size == 4000
-        assert rec.content_hash == real_hash(target).content_hash
+        assert rec.content_hash == hash_file(target).content_hash
 
 
 @settings(
@@ -261,3 +261,102 @@ def test_targeted_rescan_is_per_directory_but_walks_new_directories(folder: Path
         assert paths == {"top.txt", "fresh", "fresh/inner", "fresh/inner/y.txt"}
         full = Scanner(folder, index).scan([""])
         assert {r.path for r in full.changed} == {"a/deep/x.txt"}
+
+
+def test_unchanged_directories_are_not_compared_again(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for d in ("a", "b/c"):
+        for i in range(5):
+            (folder / d).mkdir(parents=True, exist_ok=True)
+            (folder / d / f"f{i}.txt").write_text(f"{d} {i}")
+    os.symlink("a/f0.txt", folder / "link")
+    with Index.open(folder, NODE) as index:
+        first = scan(folder, index)
+        compared: list[str] = []
+        real_known = index.known
+
+        def known(directory: str) -> object:
+            compared.append(directory)
+            return real_known(directory)
+
+        monkeypatch.setattr(index, "known", known)
+        again = scan(folder, index)
+        assert compared == []  # every directory matched its summary
+        counts = ("files", "directories", "symlinks", "total_bytes")
+        assert [getattr(again, c) for c in counts] == [getattr(first, c) for c in counts]
+        assert again.merkle_root == first.merkle_root and not again.changed
+        # a change in one directory compares that directory only
+        (folder / "b" / "c" / "f1.txt").write_text("edited")
+        edited = scan(folder, index)
+        assert compared == ["b/c"] and [r.path for r in edited.changed] == ["b/c/f1.txt"]
+
+
+def test_a_record_stored_under_a_summarised_directory_is_compared_again(folder: Path) -> None:
+    (folder / "d").mkdir()
+    (folder / "d" / "x.txt").write_text("x")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        scan(folder, index)  # (summaries in place)
+        # the index learns of d/ghost.txt (say, from a peer) but the disk has no such file
+        ghost = scanner_mod.mint("d/ghost.txt", EntryType.FILE, None, "PEER.1", size=1)
+        index.put([ghost])
+        result = scan(folder, index)
+        assert [(r.path, r.deleted) for r in result.changed] == [("d/ghost.txt", True)]
+        # and a forgotten record is found again
+        index.forget(["d/x.txt"])
+        assert [r.path for r in scan(folder, index).changed] == ["d/x.txt"]
+
+
+def test_rule_changes_reach_summarised_directories(folder: Path) -> None:
+    (folder / ".gitignore").write_text("*.tmp\n")
+    (folder / "deep" / "er").mkdir(parents=True)
+    (folder / "deep" / "er" / "keep.txt").write_text("k")
+    (folder / "deep" / "er" / "t.tmp").write_text("t")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        scan(folder, index)
+        assert index.get("deep/er/t.tmp") is None
+        (folder / ".gitignore").write_text("# nothing ignored\n")
+        result = scan(folder, index)
+        assert {r.path for r in result.changed} == {".gitignore", "deep/er/t.tmp"}
+        # .secure patterns change what a key-holder records, too
+        (folder / ".secure").write_text("deep/\n")
+        sealed = Scanner(folder, index, secure_key=bytes(32)).scan()
+        assert {r.path for r in sealed.changed} >= {"deep/er/keep.txt", "deep/er/t.tmp"}
+        assert index.get("deep/er/keep.txt").sealed  # type: ignore[union-attr]
+
+
+def test_new_paths_are_minted_as_mint_would(folder: Path) -> None:
+    (folder / "n.txt").write_bytes(b"new")
+    with Index.open(folder, NODE) as index:
+        (rec,) = scan(folder, index).changed
+        expected = scanner_mod.mint(
+            "n.txt",
+            EntryType.FILE,
+            None,
+            index.actor,
+            size=3,
+            mode=0o644,
+            content_hash=rec.content_hash,
+            blocks=rec.blocks,
+            fingerprint=rec.fingerprint,
+        )
+        assert rec == scanner_mod.replace(expected, sequence=rec.sequence)
+        assert index.get("n.txt") == rec
+
+
+def test_many_small_files_and_a_big_one(folder: Path) -> None:
+    """Small files are hashed ahead in the scanning thread, big ones in workers."""
+    data = {f"d{i % 7}/f{i}.bin": os.urandom(i * 37 % 5000) for i in range(600)}
+    data["big/one.bin"] = os.urandom(scanner_mod.POOL_MIN + 12345)
+    for rel, content in data.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(content)
+    with Index.open(folder, NODE) as index:
+        result = scan(folder, index)
+        assert result.hashed_files == len(data) and not result.errors
+        for rel, content in data.items():
+            rec = index.get(rel)
+            assert rec is not None and rec.size == len(content)
+            assert rec.content_hash == hash_file(folder / rel).content_hash

@@ -151,16 +151,23 @@ def unpack_blocks(data: bytes) -> tuple[Block, ...]:
 
 
 _PACKED_VERSIONS: dict[VersionVector, bytes] = {}
+_LAST_PACKED: tuple[VersionVector, bytes] = (VersionVector(), b"\x90")
 
 
 def pack_version(v: VersionVector) -> bytes:
-    # A scan mints thousands of records with the same vector: pack each once.
+    # A scan stores thousands of records with the same vector (often the
+    # same object): pack each vector once.
+    global _LAST_PACKED
+    last = _LAST_PACKED
+    if last[0] is v:
+        return last[1]
     packed = _PACKED_VERSIONS.get(v)
     if packed is None:
         packed = msgpack.packb(v.encode(), use_bin_type=True)
         if len(_PACKED_VERSIONS) >= 256:
             _PACKED_VERSIONS.clear()
         _PACKED_VERSIONS[v] = packed
+    _LAST_PACKED = (v, packed)
     return packed
 
 
@@ -406,6 +413,20 @@ class Index:
                 removed.append((path, None))
             _drop_summaries(cur, {parent(path) for path, _ in removed})
         self.merkle.update(removed)
+
+    @contextlib.contextmanager
+    def cache_size(self, kib: int) -> Iterator[None]:
+        """Give SQLite a page cache of ``kib`` KiB inside (then the previous one).
+
+        A scan storing many records touches pages of every index (the hash
+        index at random): with the 2 MB default most inserts miss the cache.
+        """
+        previous = int(self._conn.execute("PRAGMA cache_size").fetchone()[0])
+        self._conn.execute(f"PRAGMA cache_size={-int(kib)}")
+        try:
+            yield
+        finally:
+            self._conn.execute(f"PRAGMA cache_size={previous}")
 
     # ------------------------------------------------- scanner directory digests
 

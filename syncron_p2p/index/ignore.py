@@ -379,6 +379,11 @@ class IgnoreRules:
         own = tuple(parse_pattern(line, dir_rel) for line in reversed(lines))
         return IgnoreRules(dir_rel, own + self.patterns, ignore_git_dirs=self._git)
 
+    @property
+    def ignore_git_dirs(self) -> bool:
+        """Whether every directory named ``.git`` is ignored (see :meth:`root`)."""
+        return self._git
+
     def is_ignored(self, rel_path: str, is_dir: bool) -> bool:
         """True when the entry ``rel_path`` (folder-relative) is ignored.
 

@@ -42,18 +42,21 @@ import contextlib
 import os
 import stat
 import tempfile
+import time
 import unicodedata
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import blake3
+import msgpack
 
 from syncron_p2p.crypto.sealed import Sealer, SealKeys
 from syncron_p2p.folder import TMP_DIR
-from syncron_p2p.index.blocks import FileDigest, hash_file
-from syncron_p2p.index.db import Index, Known
+from syncron_p2p.index.blocks import FileDigest, hash_fd, hash_file
+from syncron_p2p.index.db import DirSummary, Index, Known
 from syncron_p2p.index.ignore import IgnoreRules
 from syncron_p2p.index.records import (
     EntryType,
@@ -62,15 +65,35 @@ from syncron_p2p.index.records import (
     mint,
     tombstone,
 )
-from syncron_p2p.index.secure_rules import SecurePatterns, folder_secure_key
-from syncron_p2p.paths import STATE_DIR, name_problem, symlink_target_is_safe
+from syncron_p2p.index.secure_rules import (
+    MAX_SECURE_BYTES,
+    SECURE_FILE,
+    SecurePatterns,
+    folder_secure_key,
+)
+from syncron_p2p.index.versions import VersionVector
+from syncron_p2p.paths import (
+    STATE_DIR,
+    name_problem,
+    names_problem_free,
+    parent,
+    symlink_target_is_safe,
+)
 
 HASH_RETRIES = 3
 FILE_MODE_EXEC = 0o755
 FILE_MODE_PLAIN = 0o644
 DIR_MODE = 0o755
-MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT = 64  # files handed to the worker threads and not yet collected
+PREFETCH_FILES = 128  # small files opened (read-ahead requested) before they are hashed
+PREFETCH_BYTES = 32 * 1024 * 1024
+POOL_MIN = 1024 * 1024  # files at least this big (and sealed ones) go to the worker threads
+SCAN_CACHE_KIB = 16 * 1024  # SQLite page cache while scanning
+COMMIT_SECONDS = 2.0  # a scan commits its writes this often (a crash loses at most this)
 GITIGNORE = ".gitignore"
+_SUMMARY_DOMAIN = b"syncron-scan-dir-v1\x00"
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +133,23 @@ def fingerprint(st: os.stat_result) -> StatFingerprint:
 
 
 @dataclass(slots=True)
+class _Dir:
+    """A directory whose comparison may still wait for files being hashed.
+
+    Once all are in, its summary is stored if the directory came out clean
+    (no error, no file that changed while being hashed), or its stale one
+    dropped.
+    """
+
+    rel: str
+    summary: DirSummary | None = None
+    stale: bool = False  # the index holds an outdated summary for it
+    waiting: int = 0  # files of it not hashed yet
+    clean: bool = True
+    listed: bool = False  # every entry has been looked at
+
+
+@dataclass(slots=True)
 class _Pending:
     rel: str
     abspath: str
@@ -119,6 +159,9 @@ class _Pending:
     sealed: bool = False  # protected: record the sealed object (or, keyless, guard it)
     keys: SealKeys | None = None
     keep: Path | None = None  # where to keep the sealed object (key-holders)
+    directory: _Dir | None = None
+    fd: int = -1  # opened ahead of hashing (read-ahead requested), or -1
+    retried: bool = False  # it changed while being hashed
 
 
 class Scanner:
@@ -149,6 +192,9 @@ class Scanner:
         self.secure = SecurePatterns(None)
         tmp = folder / STATE_DIR / TMP_DIR
         self._keep = tmp if self.keys is not None and tmp.is_dir() else None
+        # Directory summaries are packed names and stat numbers; undecodable
+        # names (reported, never recorded) must still pack.
+        self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
 
     # ---------------------------------------------------------------- public
 
@@ -167,22 +213,51 @@ class Scanner:
         result = ScanResult()
         roots = [""] if directories is None else self._normalise_roots(directories, recursive)
         self._new_dirs: set[str] = set()
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="syncron-hash") as pool:
-            self._pool = pool
-            self._inflight: list[Future[tuple[_Pending, FileDigest | ScanError]]] = []
-            self._result = result
-            self._batch: list[Record] = []
-            self._seen = 0
-            self._forget: list[str] = []
-            self.secure = SecurePatterns.load(self.folder)
-            for root in roots:
-                self._walk(root, self._rules_for(root), recursive or directories is None)
-            self._drain(0)
-            self._flush()
-            if self._forget:
-                self.index.forget(self._forget)
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: deque[tuple[_Pending, Future[tuple[_Pending, FileDigest | ScanError]]]]
+        self._inflight = deque()
+        self._queue: deque[_Pending] = deque()
+        self._queued_bytes = 0
+        self._result = result
+        self._batch: list[Record] = []
+        self._summaries: list[tuple[str, DirSummary | None, int]] = []
+        self._seen = 0
+        self._forget: list[str] = []
+        self._load_secure()
+        self._tokens: dict[int, tuple[IgnoreRules, bytes]] = {}
+        self._first_actor = self.index.actor
+        self._first = VersionVector().bump(self._first_actor)
+        self._first_sum = self._first.total()
+        try:
+            # Writes go in transactions of a few seconds: a commit per batch
+            # of records would rewrite the same index pages again and again.
+            with self.index.cache_size(SCAN_CACHE_KIB), contextlib.ExitStack() as self._tx:
+                self._begin()
+                for root in roots:
+                    self._walk(root, self._rules_for(root), recursive or directories is None)
+                self._drain(0)
+                self._collect(0)
+                self._flush()
+                if self._forget:
+                    self.index.forget(self._forget)
+        finally:
+            self._release()
         result.merkle_root = self.index.merkle.root()
         return result
+
+    def _begin(self) -> None:
+        self._tx.enter_context(self.index.batch())
+        self._tx_start = time.monotonic()
+
+    def _release(self) -> None:
+        """Close what a scan holds: descriptors opened ahead (if it was interrupted), threads."""
+        for p in self._queue:
+            if p.fd >= 0:
+                os.close(p.fd)
+        self._queue.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     # ------------------------------------------------------------ the walk
 
@@ -202,6 +277,19 @@ class Scanner:
             if not any(r == k or r.startswith(k + "/") or k == "" for k in kept):
                 kept.append(r)
         return kept
+
+    def _load_secure(self) -> None:
+        """Read the root ``.secure`` patterns; their text also keys the summaries."""
+        try:
+            with open(self.folder / SECURE_FILE, "rb") as fh:
+                text: str | None = fh.read(MAX_SECURE_BYTES).decode("utf-8", errors="replace")
+        except OSError:
+            text = None
+        self.secure = SecurePatterns(text)
+        # What, besides a directory's listing, its ignore rules and its
+        # records, decides what comparing it does: the protection patterns
+        # and whether this node can seal.
+        self._scan_token = blake3.blake3(self._packer.pack([text, self.keys is not None])).digest()
 
     def _rules_for(self, directory: str) -> IgnoreRules:
         rules = IgnoreRules.root(ignore_git_dirs=not self.sync_git)
@@ -233,30 +321,131 @@ class Scanner:
 
     def _scan_dir(self, directory: str, rules: IgnoreRules) -> list[str]:
         abs_dir = os.path.join(self.folder, directory) if directory else str(self.folder)
-        known = self.index.known(directory)
-        depth = directory.count("/") + 1 if directory else 0
-        present: set[str] = set()
-        subdirs: list[str] = []
         try:
             with os.scandir(abs_dir) as it:
                 entries = list(it)
         except OSError as exc:
             self._error(directory or ".", f"cannot list directory: {exc.strerror}")
             return []  # nothing below it is tombstoned: we could not look
+        if not directory:
+            entries = [e for e in entries if e.name != STATE_DIR]
+        stored = self.index.dir_summary(directory)
+        if stored is None:  # (the comparison summarises the listing as it goes)
+            return self._compare(directory, entries, rules, None, stale=False)
+        summary = self._summarise(entries, rules)
+        if summary == stored[0]:
+            return self._unchanged(directory, entries, rules, stored)
+        return self._compare(directory, entries, rules, summary, stale=True)
+
+    def _summarise(self, entries: list[os.DirEntry[str]], rules: IgnoreRules) -> bytes | None:
+        """A digest of the listing (each entry's name and lstat facts) and its rules.
+
+        Directories count by name only (what happens inside them is their
+        own listing's business). None when an entry cannot be stat'ed.
+        """
+        listing: list[tuple[object, ...]] = []
+        add = listing.append
+        try:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    add((e.name, 1))
+                else:
+                    st = e.stat(follow_symlinks=False)
+                    add((e.name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+        except OSError:
+            return None
+        return self._digest(listing, rules)
+
+    def _digest(self, listing: list[tuple[object, ...]], rules: IgnoreRules) -> bytes:
+        listing.sort()
+        h = blake3.blake3(self._rules_token(rules))
+        h.update(self._packer.pack(listing))
+        return h.digest()
+
+    def _rules_token(self, rules: IgnoreRules) -> bytes:
+        cached = self._tokens.get(id(rules))
+        if cached is not None and cached[0] is rules:
+            return cached[1]
+        token = blake3.blake3(
+            _SUMMARY_DOMAIN
+            + self._scan_token
+            + self._packer.pack([rules.ignore_git_dirs, [(p.text, p.base) for p in rules.patterns]])
+        ).digest()
+        self._tokens[id(rules)] = (rules, token)
+        return token
+
+    def _unchanged(
+        self,
+        directory: str,
+        entries: list[os.DirEntry[str]],
+        rules: IgnoreRules,
+        stored: DirSummary,
+    ) -> list[str]:
+        """A directory whose listing matches its summary: the index already agrees.
+
+        The summary is only stored after a comparison of exactly this listing
+        found (or made) every record current and reported nothing, and any
+        record change in the directory since would have dropped it: comparing
+        again would do nothing, so only the counts are taken.
+        """
+        _, files, symlinks, total = stored
+        prefix = f"{directory}/" if directory else ""
+        subdirs = []
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                rel = prefix + e.name
+                if not rules.is_ignored(rel, True):
+                    subdirs.append(rel)
+        result = self._result
+        result.files += files
+        result.symlinks += symlinks
+        result.total_bytes += total
+        result.directories += len(subdirs)
+        self._seen += files + symlinks + len(subdirs)
+        if self.progress:
+            self.progress(self._seen, result.hashed_bytes)
+        subdirs.sort()
+        return subdirs
+
+    def _compare(
+        self,
+        directory: str,
+        entries: list[os.DirEntry[str]],
+        rules: IgnoreRules,
+        summary: bytes | None,
+        *,
+        stale: bool,
+    ) -> list[str]:
+        """Compare each entry with the index; queue changed files for hashing.
+
+        ``summary`` is the listing's digest if already made (else it is made
+        here, from the same stat results).
+        """
+        result = self._result
+        listing: list[tuple[object, ...]] | None = [] if summary is None else None
+        errors_before = len(result.errors)
+        known = self.index.known(directory)
+        depth = directory.count("/") + 1 if directory else 0
+        prefix = f"{directory}/" if directory else ""
+        state = _Dir(directory, stale=stale)
+        present: set[str] = set()
+        subdirs: list[str] = []
+        files = symlinks = total = 0
+        names_ok = names_problem_free([e.name for e in entries], depth)
+        protects = self.secure.protects if self.secure else None
         for entry in entries:
             name = entry.name
-            if depth == 0 and name == STATE_DIR:
-                continue
-            rel = f"{directory}/{name}" if directory else name
-            problem = name_problem(name, depth)
-            if problem is not None:
-                if "UTF-8" in problem:
-                    self._error(_printable(rel), f"{problem}; skipped")
+            rel = prefix + name
+            if not names_ok:
+                problem = name_problem(name, depth)
+                if problem is not None:
+                    if "UTF-8" in problem:
+                        self._error(_printable(rel), f"{problem}; skipped")
+                        continue
+                    self._error(rel, f"{problem}; skipped")
+                    if "NFC" in problem:
+                        present.add(unicodedata.normalize("NFC", rel))
                     continue
-                self._error(rel, f"{problem}; skipped")
-                if "NFC" in problem:
-                    present.add(unicodedata.normalize("NFC", rel))
-                continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as exc:
@@ -266,54 +455,56 @@ class Scanner:
             mode = st.st_mode
             is_dir = stat.S_ISDIR(mode)
             present.add(rel)
+            if listing is not None:
+                listing.append(
+                    (name, 1)
+                    if is_dir
+                    else (name, mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                )
             if rules.is_ignored(rel, is_dir):
                 continue  # ignored: leave its record (if any) untouched
             self._seen += 1
             old = known.get(rel)
-            live = old is not None and not old[1]
-            if is_dir:
-                self._result.directories += 1
-                if not (live and old is not None and old[0] == EntryType.DIRECTORY):
+            if stat.S_ISREG(mode):
+                size = st.st_size
+                files += 1
+                total += size
+                fmode = FILE_MODE_EXEC if mode & stat.S_IXUSR else FILE_MODE_PLAIN
+                if old is not None and not old[1] and old[0] == EntryType.FILE:
+                    was_sealed = bool(old[8])
+                    sealed = was_sealed or (protects is not None and protects(rel))
+                    if (
+                        was_sealed == sealed
+                        and old[2] == fmode
+                        and old[4] == size
+                        and old[5] == st.st_mtime_ns
+                        and old[6] == st.st_ino
+                        and old[7] == st.st_ctime_ns
+                    ):
+                        continue  # unchanged: not even opened
+                else:
+                    sealed = protects is not None and protects(rel)
+                state.waiting += 1
+                self._submit(
+                    _Pending(
+                        rel,
+                        entry.path,
+                        StatFingerprint(size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns),
+                        fmode,
+                        old is not None,
+                        sealed,
+                        self.keys,
+                        self._keep,
+                        state,
+                    )
+                )
+            elif is_dir:
+                if not (old is not None and not old[1] and old[0] == EntryType.DIRECTORY):
                     self._directory(rel, old is not None)
                 subdirs.append(rel)
             elif stat.S_ISLNK(mode):
-                self._result.symlinks += 1
-                self._symlink(rel, entry.path, old if live else None)
-            elif stat.S_ISREG(mode):
-                self._result.files += 1
-                self._result.total_bytes += st.st_size
-                fmode = file_mode(mode)
-                was_sealed = live and old is not None and old[0] == EntryType.FILE and old[8]
-                sealed = bool(was_sealed) or self.secure.protects(rel)
-                if (
-                    live
-                    and old is not None
-                    and old[0] == EntryType.FILE
-                    and bool(old[8]) == sealed
-                    and old[2] == fmode
-                    and old[4] == st.st_size
-                    and old[5] == st.st_mtime_ns
-                    and old[6] == st.st_ino
-                    and old[7] == st.st_ctime_ns
-                ):
-                    continue  # unchanged: not even opened
-                fp = fingerprint(st)
-                self._inflight.append(
-                    self._pool.submit(
-                        _hash_stable,
-                        _Pending(
-                            rel,
-                            entry.path,
-                            fp,
-                            fmode,
-                            old is not None,
-                            sealed,
-                            self.keys,
-                            self._keep,
-                        ),
-                    )
-                )
-                self._drain(MAX_IN_FLIGHT)
+                symlinks += 1
+                self._symlink(rel, entry.path, old if old is not None and not old[1] else None)
             else:
                 self._error(rel, f"special file ({_kind(mode)}) skipped")
         for rel, k in known.items():
@@ -321,9 +512,94 @@ class Scanner:
                 gone = self.index.get(rel)
                 if gone is not None:
                     self._vanished(gone)
+        result.files += files
+        result.symlinks += symlinks
+        result.total_bytes += total
+        result.directories += len(subdirs)
+        if len(result.errors) == errors_before:
+            if listing is not None:
+                summary = self._digest(listing, rules)
+            if summary is not None:
+                state.summary = (summary, files, symlinks, total)
+        state.listed = True
+        if state.waiting == 0:
+            self._dir_done(state)
         if self.progress:
-            self.progress(self._seen, self._result.hashed_bytes)
-        return sorted(subdirs)
+            self.progress(self._seen, result.hashed_bytes)
+        subdirs.sort()
+        return subdirs
+
+    def _dir_done(self, state: _Dir) -> None:
+        """All of a directory's entries are recorded: queue its summary (or drop it)."""
+        if state.clean and state.summary is not None:
+            self._summaries.append((state.rel, state.summary, len(self._batch)))
+        elif state.stale:
+            self._summaries.append((state.rel, None, len(self._batch)))
+
+    # ------------------------------------------------------------ hashing
+
+    def _submit(self, p: _Pending) -> None:
+        """Hash ``p`` here (small files, opened ahead) or in a worker thread."""
+        size = p.fp.size
+        if p.sealed or size >= POOL_MIN:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="syncron-hash")
+            self._inflight.append((p, self._pool.submit(_hash_stable, p)))
+            self._collect(MAX_IN_FLIGHT)
+            return
+        # Open it now and ask the kernel to start reading: a cold cache then
+        # serves many small reads at once instead of one at a time.
+        try:
+            p.fd = os.open(p.abspath, _OPEN_FLAGS)
+        except OSError:
+            pass  # hashing reports it (or succeeds, if it was a passing shortage)
+        else:
+            if _WILLNEED is not None and size:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(p.fd, 0, 0, _WILLNEED)
+        self._queue.append(p)
+        self._queued_bytes += size
+        if len(self._queue) > PREFETCH_FILES or self._queued_bytes > PREFETCH_BYTES:
+            self._drain(PREFETCH_FILES // 2)
+
+    def _drain(self, keep: int) -> None:
+        """Hash queued small files, oldest first, until ``keep`` are left."""
+        queue = self._queue
+        while len(queue) > keep:
+            p = queue.popleft()
+            self._queued_bytes -= p.fp.size
+            self._finish(*_hash_stable(p))
+            if self._inflight and self._inflight[0][1].done():
+                self._collect(0, block=False)
+
+    def _collect(self, keep: int, *, block: bool = True) -> None:
+        """Take the worker threads' results, oldest first, until ``keep`` are left."""
+        inflight = self._inflight
+        while len(inflight) > keep:
+            future = inflight[0][1]
+            if not block and not future.done():
+                return
+            inflight.popleft()
+            self._finish(*future.result())
+
+    def _finish(self, p: _Pending, outcome: FileDigest | ScanError) -> None:
+        result = self._result
+        errors_before = len(result.errors)
+        if isinstance(outcome, ScanError):
+            result.errors.append(outcome)
+        else:
+            result.hashed_files += 1
+            result.hashed_bytes += outcome.size
+            self._hashed(p, outcome)
+            if self.progress and result.hashed_files % 256 == 0:
+                self.progress(self._seen, result.hashed_bytes)
+        state = p.directory
+        if state is not None:
+            if p.retried or len(result.errors) != errors_before:
+                state.clean = False
+            state.waiting -= 1
+            if state.waiting == 0 and state.listed:
+                self._dir_done(state)
 
     # ------------------------------------------------------------ entries
 
@@ -358,19 +634,6 @@ class Scanner:
             )
         )
 
-    def _drain(self, keep: int) -> None:
-        while len(self._inflight) > keep:
-            future = self._inflight.pop(0)
-            pending, outcome = future.result()
-            if isinstance(outcome, ScanError):
-                self._result.errors.append(outcome)
-                continue
-            self._result.hashed_files += 1
-            self._result.hashed_bytes += outcome.size
-            self._hashed(pending, outcome)
-            if self.progress and self._result.hashed_files % 256 == 0:
-                self.progress(self._seen, self._result.hashed_bytes)
-
     def _hashed(self, p: _Pending, digest: FileDigest) -> None:
         old = self.index.get(p.rel) if p.indexed else None
         if p.sealed and self.keys is None:
@@ -393,6 +656,25 @@ class Scanner:
         ):
             # Same content (touched, or copied back): refresh the fingerprint only.
             self._emit(replace(old, fingerprint=p.fp))
+            return
+        if old is None:
+            # A path new to the index: what mint() makes, with the one vector
+            # every new path gets (built once per scan, not once per file).
+            self._emit(
+                Record(
+                    path=p.rel,
+                    type=EntryType.FILE,
+                    size=digest.size,
+                    mode=p.mode,
+                    content_hash=digest.content_hash,
+                    version=self._first,
+                    blocks=digest.blocks,
+                    origin=self._first_actor,
+                    origin_sum=self._first_sum,
+                    sealed=p.sealed,
+                    fingerprint=p.fp,
+                )
+            )
             return
         self._emit(
             mint(
@@ -458,39 +740,71 @@ class Scanner:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._batch:
-            return
-        stored = self.index.put(self._batch)
-        for before, after in zip(self._batch, stored, strict=True):
-            if after.sequence != before.sequence:
-                self._result.changed_count += 1
-                if self.collect_changes:
-                    self._result.changed.append(after)
-        self._batch = []
+        batch = self._batch
+        if batch:
+            self._batch = []
+            sequences = self.index.store(batch)
+            result = self._result
+            for rec, seq in zip(batch, sequences, strict=True):
+                if seq != rec.sequence:
+                    result.changed_count += 1
+                    if self.collect_changes:
+                        result.changed.append(replace(rec, sequence=seq))
+        if self._summaries:
+            # A summary vouches for the records stored before it was queued;
+            # one whose directory got a record in this batch after that
+            # (a vanished tree's tombstones) would vouch for too little.
+            later: dict[str, int] = {}
+            for i, rec in enumerate(batch):
+                later[parent(rec.path)] = i
+            self.index.set_dir_summaries(
+                (d, s) for d, s, queued in self._summaries if s is None or later.get(d, -1) < queued
+            )
+            self._summaries = []
 
     def _error(self, path: str, reason: str) -> None:
         self._result.errors.append(ScanError(path, reason))
 
 
 def _hash_stable(p: _Pending) -> tuple[_Pending, FileDigest | ScanError]:
-    """Hash a file in a worker thread, retrying while it changes underneath."""
+    """Hash a file (here or in a worker thread), retrying while it changes underneath.
+
+    Uses (and closes) the descriptor opened ahead, if any, for the first try.
+    """
+    fd, p.fd = p.fd, -1
     for _ in range(HASH_RETRIES):
         try:
             if p.sealed and p.keys is not None:
+                if fd >= 0:
+                    os.close(fd)
+                    fd = -1
                 digest, plain = seal_file(p.abspath, p.keys, p.keep)
             else:
-                digest = hash_file(p.abspath)
+                if fd < 0:
+                    fd = os.open(p.abspath, _OPEN_FLAGS)
+                try:
+                    digest = hash_fd(fd, p.fp.size)
+                finally:
+                    os.close(fd)
+                    fd = -1
                 plain = digest.size
             st = os.lstat(p.abspath)
         except OSError as exc:
             return p, ScanError(p.rel, f"cannot read: {exc.strerror}")
-        now = fingerprint(st)
-        if now == p.fp and plain == st.st_size:
+        fp = p.fp
+        if (
+            st.st_mtime_ns == fp.mtime_ns
+            and st.st_size == fp.size
+            and st.st_ino == fp.inode
+            and st.st_ctime_ns == fp.ctime_ns
+            and plain == fp.size
+        ):
             return p, digest
         if not stat.S_ISREG(st.st_mode):
             return p, ScanError(p.rel, "changed type while being scanned")
-        p.fp = now
+        p.fp = fingerprint(st)
         p.mode = file_mode(st.st_mode)
+        p.retried = True
     return p, ScanError(p.rel, "kept changing while being hashed; will retry next scan")
 
 
