@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 from pathlib import Path
@@ -360,3 +361,79 @@ def test_many_small_files_and_a_big_one(folder: Path) -> None:
             rec = index.get(rel)
             assert rec is not None and rec.size == len(content)
             assert rec.content_hash == hash_file(folder / rel).content_hash
+
+
+def _tree_for_helper(folder: Path) -> dict[str, bytes]:
+    data = {f"h{i % 5}/f{i}.bin": os.urandom(i * 131 % 70_000) for i in range(300)}
+    for rel, content in data.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(content)
+    return data
+
+
+def test_helper_process_hashes_as_the_scanner_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    data = _tree_for_helper(here)
+    shutil.copytree(here, there, copy_function=shutil.copy2)
+    started: list[object] = []
+    real_helper = scanner_mod._Helper
+
+    def helper() -> object:
+        started.append(real_helper())
+        return started[-1]
+
+    with Index.open(here, NODE) as index:
+        index.actor = "NODE.fixed"
+        local = scan(here, index)
+    monkeypatch.setattr(scanner_mod, "HELPER_MIN", 10)
+    monkeypatch.setattr(scanner_mod, "HELPER_BATCH", 16)
+    monkeypatch.setattr(scanner_mod, "_Helper", helper)
+    with Index.open(there, NODE) as index:
+        index.actor = "NODE.fixed"
+        remote = scan(there, index)
+        assert len(started) == 1 and not remote.errors
+        assert remote.hashed_files == len(data) and remote.merkle_root == local.merkle_root
+        assert sorted((r.path, r.blocks) for r in remote.changed) == sorted(
+            (r.path, r.blocks) for r in local.changed
+        )
+
+
+def test_a_failing_helper_falls_back_to_hashing_here(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _tree_for_helper(folder)
+    monkeypatch.setattr(scanner_mod, "HELPER_MIN", 10)
+    monkeypatch.setattr(scanner_mod.sys, "executable", "/bin/false")  # exits at once
+    with Index.open(folder, NODE) as index:
+        result = scan(folder, index)
+        assert result.hashed_files == len(data) and not result.errors
+        for rel, content in data.items():
+            assert index.get(rel).size == len(content)  # type: ignore[union-attr]
+
+
+def test_helper_reports_unreadable_files(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _tree_for_helper(folder)
+    monkeypatch.setattr(scanner_mod, "HELPER_MIN", 0)
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        for rel in list(data)[:40]:
+            (folder / rel).write_bytes(b"changed")
+        (folder / "h1" / "f1.bin").unlink()
+        (folder / "h1" / "f1.bin").mkdir()  # a file that became a directory
+        victim = folder / "h2" / "f2.bin"
+        victim.write_bytes(b"soon gone")
+        real_helper = scanner_mod._Helper
+
+        class Helper(real_helper):  # type: ignore[misc, valid-type]
+            def send(self, batch: list[object], payload: bytes) -> None:
+                victim.unlink(missing_ok=True)  # vanishes once asked for
+                super().send(batch, payload)
+
+        monkeypatch.setattr(scanner_mod, "_Helper", Helper)
+        result = Scanner(folder, index).scan()
+        reasons = {e.path: e.reason for e in result.errors}
+        assert reasons == {"h2/f2.bin": "cannot read: No such file or directory"}
+        assert result.hashed_files == 38  # 40 edited, one now a directory, one gone

@@ -38,10 +38,15 @@ search does not, so chunking is serialised across the scanner's workers.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import select
+from collections import deque
 from dataclasses import dataclass
 
 import blake3
+import msgpack
 
 from syncron_p2p.index.records import EMPTY_HASH, HASH_SIZE, Block
 
@@ -214,3 +219,139 @@ def _hash_stream(fd: int) -> FileDigest:
     if not blocks:
         return EMPTY_DIGEST
     return FileDigest(content.digest(), size, tuple(blocks))
+
+
+# ------------------------------------------------------------------ hashing helper
+#
+# A scan that hashes many small files spends most of its time in Python on
+# one core. The scanner then starts this module as a helper process
+# (``python -m syncron_p2p.index.blocks``) and sends it batches of files:
+# the helper opens, reads and hashes them (and stats them after) on the
+# other core, with the kernel reading ahead, while the scanner compares and
+# stores. Requests and answers are msgpack objects on stdin and stdout:
+#
+# * request: ``[[path, expected size], ...]``
+# * answer, one item per file, in order: ``[0, content hash, size, blocks,
+#   st_size, st_mtime_ns, st_ino, st_ctime_ns, st_mode]`` where ``blocks``
+#   is ``b""`` for a single block covering the whole content (or none, for
+#   empty content) and else ``(u32 size, hash)`` per block; or ``[1,
+#   strerror]`` when opening, reading or the ``lstat`` after failed.
+#
+# The helper decides nothing: whether a file held still while it was read
+# is the scanner's comparison of the ``lstat`` with what it expected.
+
+_HELPER_OPEN = os.O_RDONLY | _O_BINARY | getattr(os, "O_NONBLOCK", 0)
+
+
+def pack_digest_blocks(digest: FileDigest) -> bytes:
+    """``blocks`` of a helper answer (see above)."""
+    blocks = digest.blocks
+    if not blocks or (len(blocks) == 1 and blocks[0] == Block(0, digest.size, digest.content_hash)):
+        return b""
+    return b"".join(b.size.to_bytes(4, "big") + b.hash for b in blocks)
+
+
+def unpack_digest_blocks(packed: bytes, size: int, content_hash: bytes) -> tuple[Block, ...]:
+    """The blocks of a helper answer (see :func:`pack_digest_blocks`)."""
+    if not packed:
+        return (Block(0, size, content_hash),) if size else ()
+    step = 4 + HASH_SIZE
+    blocks = []
+    offset = 0
+    for i in range(0, len(packed) - step + 1, step):
+        n = int.from_bytes(packed[i : i + 4], "big")
+        blocks.append(Block(offset, n, packed[i + 4 : i + step]))
+        offset += n
+    return tuple(blocks)
+
+
+def _open_ahead(batch: tuple[tuple[str, int], ...]) -> list[int | OSError | None]:
+    """Open a batch's files and ask the kernel to read them ahead (None: open later)."""
+    opened: list[int | OSError | None] = []
+    for path, size in batch:
+        try:
+            fd = os.open(path, _HELPER_OPEN)
+        except OSError as exc:
+            # out of descriptors: open it when its turn comes
+            opened.append(None if exc.errno in (errno.EMFILE, errno.ENFILE) else exc)
+            continue
+        opened.append(fd)
+        if size and hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    return opened
+
+
+def _answer(batch: tuple[tuple[str, int], ...], opened: list[int | OSError | None]) -> bytes:
+    answers: list[tuple[object, ...]] = []
+    for (path, size), handle in zip(batch, opened, strict=True):
+        try:
+            if isinstance(handle, OSError):
+                raise handle
+            fd = os.open(path, _HELPER_OPEN) if handle is None else handle
+            try:
+                digest = hash_fd(fd, size)
+            finally:
+                os.close(fd)
+            st = os.lstat(path)
+        except OSError as exc:
+            answers.append((1, exc.strerror or str(exc)))
+            continue
+        answers.append(
+            (
+                0,
+                digest.content_hash,
+                digest.size,
+                pack_digest_blocks(digest),
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+                st.st_ctime_ns,
+                st.st_mode,
+            )
+        )
+    packed: bytes = msgpack.packb(answers, use_bin_type=True)
+    return packed
+
+
+def serve(rfd: int = 0, wfd: int = 1) -> None:
+    """Answer hashing requests on ``rfd`` with answers on ``wfd`` until end of input.
+
+    Every batch is opened (read ahead) as soon as it arrives and answered in
+    order: while one batch is hashed the kernel reads the next ones. Input
+    is always drained, whether or not the answers can be written yet, so the
+    two pipes can never block each other however much the scanner sends.
+    """
+    # paths are str; undecodable bytes in them travel as surrogate escapes
+    unpacker = msgpack.Unpacker(use_list=False, raw=False, unicode_errors="surrogateescape")
+    ahead: deque[tuple[tuple[tuple[str, int], ...], list[int | OSError | None]]] = deque()
+    out = bytearray()
+    eof = False
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+    while ahead or out or not eof:
+        if not ahead:  # nothing to hash: wait until input comes or output can go
+            select.select([] if eof else [rfd], [wfd] if out else [], [])
+        if not eof:
+            try:
+                data = os.read(rfd, 1 << 20)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                eof = True
+            elif data:
+                unpacker.feed(data)
+                for batch in unpacker:
+                    ahead.append((batch, _open_ahead(batch)))
+        if out:
+            with contextlib.suppress(BlockingIOError):
+                del out[: os.write(wfd, out)]
+        if ahead:
+            out += _answer(*ahead.popleft())
+
+
+if __name__ == "__main__":  # the scanner's helper process
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the scanner's to handle
+    serve()

@@ -130,6 +130,9 @@ DirSummary = tuple[bytes, int, int, int]
 
 
 def pack_blocks(blocks: Iterable[Block]) -> bytes:
+    if isinstance(blocks, tuple) and len(blocks) == 1:  # most files
+        b = blocks[0]
+        return b.size.to_bytes(4, "big") + b.hash
     out = bytearray()
     for b in blocks:
         out += b.size.to_bytes(4, "big")
@@ -339,23 +342,28 @@ class Index:
         batch = list(records)
         return [_with_sequence(rec, seq) for rec, seq in zip(batch, self.store(batch), strict=True)]
 
-    def store(self, records: Iterable[Record]) -> list[int]:
+    def store(self, records: Iterable[Record], *, atomic: bool = True) -> list[int]:
         """:meth:`put`, returning only the sequence number each record got.
 
         For callers that need not build the stored records (the scanner).
+        ``atomic=False`` inside :meth:`batch` skips the savepoint that makes
+        this call all-or-nothing on its own (SQLite copies every page it
+        first touches in a savepoint): for a caller whose failure ends the
+        whole batch anyway.
         """
         sequences: list[int] = []
         merkle_changes: list[tuple[str, bytes | None]] = []
         inserts: list[tuple[object, ...]] = []
         parents: set[str] = set()
         leaf = self.merkle.leaf
-        with self._transaction() as cur:
+        digest_of = entry_digest
+        with self._transaction(savepoint=atomic) as cur:
             for rec in records:
                 path = rec.path
-                digest = entry_digest(rec)
+                digest = digest_of(rec)
                 fp = rec.fingerprint
                 fpv = (fp.size, fp.mtime_ns, fp.inode, fp.ctime_ns) if fp else _NO_FINGERPRINT
-                up = parent(path)
+                up = path.rpartition("/")[0]  # paths.parent
                 parents.add(up)
                 if leaf(path) == digest:
                     if inserts:  # keep the statements in order (a path may repeat)
@@ -470,8 +478,8 @@ class Index:
         rows = self._conn.execute("SELECT key, value FROM kv WHERE ns=? ORDER BY key", (ns,))
         return [(str(k), bytes(v)) for k, v in rows]
 
-    def _transaction(self) -> _Tx:
-        return _Tx(self._conn)
+    def _transaction(self, *, savepoint: bool = True) -> _Tx:
+        return _Tx(self._conn, savepoint=savepoint)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -504,18 +512,28 @@ class Index:
 
 
 class _Tx:
-    """One transaction, or a savepoint when inside :meth:`Index.batch`."""
+    """One transaction, or a savepoint when inside :meth:`Index.batch`.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    ``savepoint=False``: inside a batch, no savepoint either (the batch is
+    the unit; a failure must end it, which rolls everything back).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, *, savepoint: bool = True) -> None:
         self._conn = conn
         self._nested = False
+        self._savepoint = savepoint
 
     def __enter__(self) -> sqlite3.Cursor:
         self._nested = self._conn.in_transaction
-        self._conn.execute("SAVEPOINT put" if self._nested else "BEGIN IMMEDIATE")
+        if not self._nested:
+            self._conn.execute("BEGIN IMMEDIATE")
+        elif self._savepoint:
+            self._conn.execute("SAVEPOINT put")
         return self._conn.cursor()
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
+        if self._nested and not self._savepoint:
+            return
         if self._nested:
             if exc_type is not None:
                 self._conn.execute("ROLLBACK TO put")
