@@ -46,14 +46,16 @@ def main(argv: list[str]) -> int:
     progress, stop = spinner() if "--progress" in argv[2:] else (None, lambda: None)
     try:
         with Index.open(folder, node_id) as index:
-            result = Scanner(folder, index, progress=progress).scan()
+            # Only the count is reported: keeping every changed record of a
+            # first scan would grow this process with the folder.
+            result = Scanner(folder, index, progress=progress, collect_changes=False).scan()
     except SyncronError as exc:
         print(json.dumps({"error": str(exc)}))
         return 1
     finally:
         stop()
     errors = [[e.path, e.reason] for e in result.errors]
-    print(json.dumps({"changed": len(result.changed), "errors": errors}))
+    print(json.dumps({"changed": result.changed_count, "errors": errors}))
     return 0
 
 
