@@ -10,7 +10,9 @@ and reports, in one run:
 * cold scan (empty index) time vs ``b3sum`` over the same files (page cache
   evicted for those files before each, with posix_fadvise DONTNEED);
 * unchanged rescan time vs a bare ``os.scandir`` + ``lstat`` walk;
-* files per second; peak RSS of the scanning process.
+* files per second; peak RSS of the scanning process, and of the hashing
+  helper process a scan with many small files starts (``helper_rss_mb``);
+  CPU seconds of both.
 
 Each scan runs in a fresh child process so peak RSS is its own.
 Run: ``python benchmarks/bench_scan.py [--scratch DIR] [--keep]``.
@@ -41,9 +43,12 @@ with Index.open(root, "BENCH") as index:
     r = Scanner(root, index, collect_changes=False).scan()
     dt = time.perf_counter() - t
 opened = t - t0
+me = resource.getrusage(resource.RUSAGE_SELF)
+helper = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"seconds": dt, "open_seconds": opened, "files": r.files, "hashed": r.hashed_files,
-                  "hashed_bytes": r.hashed_bytes,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "hashed_bytes": r.hashed_bytes, "rss_mb": me.ru_maxrss / 1024,
+                  "cpu_s": me.ru_utime + me.ru_stime, "helper_rss_mb": helper.ru_maxrss / 1024,
+                  "helper_cpu_s": helper.ru_utime + helper.ru_stime}))
 """
 
 WALK_CHILD = r"""
@@ -141,6 +146,9 @@ def bench(name: str, root: Path) -> dict[str, object]:
         "cold_vs_b3sum": round(cold["seconds"] / b3, 2),
         "cold_files_per_s": round(cold["files"] / cold["seconds"]),
         "cold_peak_rss_mb": round(cold["rss_mb"], 1),
+        "cold_helper_rss_mb": round(cold["helper_rss_mb"], 1),
+        "cold_cpu_s": round(cold["cpu_s"], 2),
+        "cold_helper_cpu_s": round(cold["helper_cpu_s"], 2),
         "rescan_s": round(rescan, 3),
         "index_open_s": round(min(r["open_seconds"] for r in rescans), 3),
         "rescan_hashed": rescans[0]["hashed"],

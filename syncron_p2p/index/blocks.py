@@ -26,14 +26,21 @@ the ``fastcdc`` package) with :data:`POLICY`:
   fallback is ~4 MB/s, so platforms need the extension for real use).
 * Files shorter than the minimum are one block; an empty file has none.
 
-Block and content hashes are 32-byte blake3. :func:`hash_file` streams the
-file through a bounded buffer (16 MiB) with ``readinto`` rather than mmap: a
-file truncated by another process while mapped would kill the scanner with
-SIGBUS. It hashes exactly the bytes it read; detecting a file that changed
-while being hashed (stat before and after) is the caller's job.
+Block and content hashes are 32-byte blake3. :func:`hash_file` (and
+:func:`hash_fd`, for a file already open) reads a file under 4 MiB with one
+``read`` of its size, and streams larger ones through a bounded buffer
+(16 MiB) with ``readinto`` rather than mmap: a file truncated by another
+process while mapped would kill the scanner with SIGBUS. It hashes exactly
+the bytes it read; detecting a file that changed while being hashed (stat
+before and after) is the caller's job. Content no longer than the minimum
+block is one block without calling the chunker (it never cuts before the
+minimum, so the answer is the same).
 
-Threads: blake3 releases the GIL on large inputs; the ``fastcdc`` cut-point
-search does not, so chunking is serialised across the scanner's workers.
+Threads and processes: blake3 releases the GIL on large inputs; the
+``fastcdc`` cut-point search does not. For scans with many small files the
+per-file Python work is what costs, so the scanner can run this module as a
+helper process (:func:`serve`, at the end of this file) that hashes on
+another core.
 """
 
 from __future__ import annotations

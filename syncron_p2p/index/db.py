@@ -545,6 +545,8 @@ class _Tx:
 
 
 def _drop_summaries(cur: sqlite3.Cursor, directories: Iterable[str]) -> None:
+    # Every write to ``records`` must call this for the parents of the paths
+    # it touches: a scanner summary vouches only for untouched directories.
     cur.executemany("DELETE FROM scan_dirs WHERE dir=?", [(d,) for d in directories])
 
 

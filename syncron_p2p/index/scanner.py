@@ -5,15 +5,27 @@ Walks the folder top-down with ``os.scandir``, honouring nested
 
 * a file whose stat fingerprint (size, mtime_ns, inode, ctime_ns) and
   executable bit are unchanged is not read at all;
-* other files are hashed in worker threads (blake3 and the chunker release
-  the GIL for large inputs); a file whose fingerprint changes while it is
-  being hashed is hashed again (up to :data:`HASH_RETRIES` times) and
-  reported if it never holds still;
+* other files are hashed: small ones in the scanning thread, opened a few
+  dozen ahead with read-ahead requested so a cold cache serves many reads at
+  once, or (past :data:`HELPER_MIN` of them in one scan) by a helper process
+  on another core (``blocks.serve``); big and sealed ones in worker threads
+  (blake3 releases the GIL for large inputs). A file whose fingerprint
+  changes while it is being hashed is hashed again (up to
+  :data:`HASH_RETRIES` times) and reported if it never holds still;
 * content that really changed (or a new path) bumps this node's counter in
   the path's version vector; content that did not change only refreshes the
   fingerprint and keeps the version;
 * an indexed path that vanished becomes a tombstone with a bumped vector (a
   vanished directory takes its whole indexed subtree with it).
+
+Unchanged directories cost one comparison: after a directory compared clean
+(no error, every record current) the scanner stores a digest of its listing
+(each entry's name and ``lstat`` facts) and of the rules in force (ignore
+patterns, ``.secure`` text, whether this node can seal) in the index
+(``scan_dirs``); any record stored or forgotten in the directory drops it.
+A later scan whose listing gives the same digest would find nothing to do
+entry by entry, so it only takes the counts. Writes go in transactions of
+:data:`COMMIT_SECONDS`.
 
 Never a crash on what the disk holds: unreadable files and directories,
 special files (fifo, socket, device), names that are not valid UTF-8 or not
