@@ -22,6 +22,7 @@ immutable records, never the records.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
@@ -80,6 +81,10 @@ class MemoryStore:
     @property
     def last_sequence(self) -> int:
         return self._next_seq - 1
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        yield  # nothing to commit: every write is visible and kept at once
 
     def kv_get(self, ns: str, key: str) -> bytes | None:
         return self._kv.get((ns, key))

@@ -29,6 +29,6 @@ class Timing:
     peer_timeout: float = 20.0  # silence after which a peer is dead
     request_timeout: float = 60.0  # an unanswered block/record request is retried
     retry_delay: float = 2.0  # before re-merging a path whose apply was refused
-    block_window: int = 16  # block requests in flight per peer
+    block_window: int = 256  # block requests in flight per peer (and at most 8 MiB)
     max_pending_records: int = 20_000  # remote records queued for apply
     eager_push: bool = True

@@ -16,10 +16,14 @@ has. Everything else that changed since the last scan is caught.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import re
 import stat
-from collections.abc import Iterator, Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import blake3
@@ -37,6 +41,9 @@ from syncron_p2p.sync.disk import (
 )
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_TEMP_KEY = re.compile(r"[0-9a-f]{1,128}")
+OWN_WRITES = 65536  # own writes remembered for the watcher (oldest forgotten first)
+PENDING_WAIT = 0.25  # seconds an event waits for a change in progress to be noted
 
 
 class RealDisk:
@@ -46,33 +53,50 @@ class RealDisk:
         self.root = root
         self.tmp = root / STATE_DIR / TMP_DIR
         self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._tmp_prefix = str(self.tmp) + "/"
+        self._synced: set[str] = set()  # temps whose content is durable
+        self._dirty: set[str] = set()  # directories with entries not yet durable
+        # What our own writes left at each (absolute) path, newest last: the
+        # watcher's events for them are not changes (see is_own).
+        self._own: dict[str, Observation | None] = {}
+        self._pending: dict[str, float] = {}  # path -> when we began changing it
 
     # ------------------------------------------------------------ helpers
+    #
+    # Paths are resolved once per operation (safe_join) and then used as
+    # plain strings: an applied file costs a handful of system calls, and
+    # pathlib objects per call would cost more than those.
 
-    def _path(self, rel: str) -> Path:
+    def _path(self, rel: str) -> str:
         try:
-            return safe_join(self.root, rel)
+            return str(safe_join(self.root, rel))
         except UnsafePathError as exc:
             # A symlink or file now sits where a directory was: the disk changed.
             raise ParentNotDirectory(str(exc)) from None
 
-    def _temp(self, key: str) -> Path:
-        if not key or any(c not in "0123456789abcdef" for c in key):
+    def _temp(self, key: str) -> str:
+        if not _TEMP_KEY.fullmatch(key):
             raise DiskFailure(f"bad temp key {key!r}")
-        return self.tmp / f"{key}.part"
+        return f"{self._tmp_prefix}{key}.part"
 
     def observe(self, path: str) -> Observation | None:
         try:
             p = self._path(path)
+        except LocalChanged:
+            return None
+        return self._observe_at(path, p)
+
+    def _observe_at(self, path: str, p: str) -> Observation | None:
+        try:
             st = os.lstat(p)
-        except (FileNotFoundError, NotADirectoryError, LocalChanged):
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             raise DiskFailure(f"cannot stat {path}: {exc.strerror}") from None
         return _observation(p, st)
 
-    def _check(self, path: str, expect: Observation | None) -> Observation | None:
-        now = self.observe(path)
+    def _check(self, path: str, p: str, expect: Observation | None) -> Observation | None:
+        now = self._observe_at(path, p)
         if not _matches(now, expect):
             raise LocalChanged(f"{path} is not what the index says")
         return now
@@ -114,6 +138,7 @@ class RealDisk:
         return present
 
     def temp_write(self, key: str, offset: int, data: bytes) -> None:
+        self._synced.discard(key)
         try:
             fd = os.open(self._temp(key), os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o600)
             try:
@@ -141,8 +166,9 @@ class RealDisk:
         return data if len(data) == size else None
 
     def temp_discard(self, key: str) -> None:
+        self._synced.discard(key)
         with contextlib.suppress(FileNotFoundError):
-            self._temp(key).unlink()
+            os.unlink(self._temp(key))
 
     # ---------------------------------------------------------- installs
 
@@ -154,79 +180,170 @@ class RealDisk:
         with _failing(f"cannot install {path}"):
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
             try:
-                os.ftruncate(fd, size)
-                os.fchmod(fd, mode & 0o777)
-                os.fsync(fd)
+                st = os.fstat(fd)
+                if st.st_size != size:
+                    os.ftruncate(fd, size)
+                    self._synced.discard(key)
+                if stat.S_IMODE(st.st_mode) != mode & 0o777:
+                    os.fchmod(fd, mode & 0o777)
+                if key not in self._synced:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            self._check(path, expect)
-            self._make_parents(path)
+            self._check(path, target, expect)
+            self._begin(target)
             self._clear(path, target, expect, keep_file=True)
-            os.replace(temp, target)
-            _fsync_dir(target.parent)
-        return self._observed(path)
+            self._place(path, target, lambda: os.replace(temp, target))
+            self._synced.discard(key)
+        return self._observed(path, target)
 
     def install_dir(self, path: str, expect: Observation | None) -> Observation:
         target = self._path(path)
         with _failing(f"cannot create directory {path}"):
-            now = self._check(path, expect)
+            now = self._check(path, target, expect)
             if now is not None and now.type == EntryType.DIRECTORY:
                 return now
-            self._make_parents(path)
+            self._begin(target)
             self._clear(path, target, expect)
-            target.mkdir(mode=0o755)
-        return self._observed(path)
+            self._place(path, target, lambda: os.mkdir(target, 0o755))
+        return self._observed(path, target)
 
     def install_symlink(self, path: str, target: str, expect: Observation | None) -> Observation:
         dest = self._path(path)
         with _failing(f"cannot create symlink {path}"):
-            self._check(path, expect)
-            self._make_parents(path)
+            self._check(path, dest, expect)
+            self._begin(dest)
             self._clear(path, dest, expect)
-            os.symlink(target, dest)
-        return self._observed(path)
+            self._place(path, dest, lambda: os.symlink(target, dest))
+        return self._observed(path, dest)
 
     def remove(self, path: str, expect: Observation | None) -> None:
         target = self._path(path)
         with _failing(f"cannot remove {path}"):
-            self._check(path, expect)
+            self._check(path, target, expect)
             if expect is not None:
+                self._begin(target)
                 self._clear(path, target, expect)
+                self._dirty.add(os.path.dirname(target))
+                self._mine(target, None)
 
     def move(self, src: str, dst: str, expect: Observation | None) -> Observation:
         source, dest = self._path(src), self._path(dst)
         with _failing(f"cannot move {src} to {dst}"):
-            self._check(src, expect)
-            if self.observe(dst) is not None:
+            self._check(src, source, expect)
+            if self._observe_at(dst, dest) is not None:
                 raise LocalChanged(f"{dst} already exists")
-            self._make_parents(dst)
-            os.rename(source, dest)
-            _fsync_dir(dest.parent)
-        return self._observed(dst)
+            self._begin(source)
+            self._begin(dest)
+            self._place(dst, dest, lambda: os.rename(source, dest))
+            self._dirty.add(os.path.dirname(source))
+            self._mine(source, None)
+        return self._observed(dst, dest)
+
+    # -------------------------------------------------------- durability
+
+    def sync_temps(self, keys: Sequence[str]) -> None:
+        todo = [k for k in dict.fromkeys(keys) if k not in self._synced]
+        if not todo:
+            return
+        with _failing("cannot flush fetched files to disk"):
+            if len(todo) > 1 and _SYNCFS is not None:
+                # One flush of the filesystem instead of a journal commit per file.
+                _syncfs(self.tmp)
+            else:
+                for key in todo:
+                    try:
+                        fd = os.open(self._temp(key), os.O_RDONLY | _O_NOFOLLOW)
+                    except FileNotFoundError:
+                        continue
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        self._synced.update(todo)
+
+    def sync_installed(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        if not dirty:
+            return
+        with _failing("cannot flush the folder to disk"):
+            if len(dirty) > 1 and _SYNCFS is not None:
+                _syncfs(self.root)
+                return
+        for d in dirty:
+            _fsync_dir(d)
 
     # ---------------------------------------------------------- internals
 
-    def _observed(self, path: str) -> Observation:
-        obs = self.observe(path)
+    def _observed(self, path: str, p: str) -> Observation:
+        obs = self._observe_at(path, p)
         if obs is None:
             raise DiskFailure(f"{path} vanished right after it was written")
+        self._mine(p, obs)
         return obs
+
+    def _begin(self, p: str) -> None:
+        """We are about to change ``p``: its events wait for :meth:`_mine`."""
+        self._pending[p] = time.monotonic()
+
+    def _mine(self, p: str, obs: Observation | None) -> None:
+        own = self._own
+        own.pop(p, None)
+        own[p] = obs
+        if len(own) > OWN_WRITES:
+            del own[next(iter(own))]
+        self._pending.pop(p, None)
+
+    def is_own(self, p: str) -> bool:
+        """True when ``p`` (absolute) is still exactly what our last write left there.
+
+        Called from the watcher's thread for each event: an event caused by
+        our own install, move or removal is not a local change, and needs no
+        rescan. Anything else at ``p`` (a user's edit after ours changes the
+        fingerprint) is not ours, and is rescanned as usual.
+        """
+        # The event may arrive between our change and our note of it: wait
+        # for the note (briefly: a failed operation leaves no note).
+        while (began := self._pending.get(p)) is not None:
+            if time.monotonic() - began > PENDING_WAIT:
+                break
+            time.sleep(0.001)
+        try:
+            expected = self._own[p]
+        except KeyError:
+            return False
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return expected is None
+        return expected is not None and _matches(_observation(p, st), expected)
+
+    def _place(self, path: str, p: str, create: Callable[[], None]) -> None:
+        """Run ``create`` (which makes ``path``, at ``p``), making missing parents if needed."""
+        try:
+            create()
+        except (FileNotFoundError, NotADirectoryError):
+            self._make_parents(path)  # ParentNotDirectory if one is in the way
+            create()
+        self._dirty.add(os.path.dirname(p))
 
     def _make_parents(self, path: str) -> None:
         parts = path.split("/")[:-1]
-        current = self.root
-        for part in parts:
-            current = current / part
+        current = str(self.root)
+        for i, part in enumerate(parts):
+            current = f"{current}/{part}"
             try:
                 st = os.lstat(current)
             except FileNotFoundError:
-                current.mkdir(mode=0o755)
+                os.mkdir(current, 0o755)
+                self._dirty.add(os.path.dirname(current))
+                self._mine(current, Observation(EntryType.DIRECTORY))
                 continue
             if not stat.S_ISDIR(st.st_mode):
-                raise ParentNotDirectory(f"{current.relative_to(self.root)} is not a directory")
+                raise ParentNotDirectory(f"{'/'.join(parts[: i + 1])} is not a directory")
 
     def _clear(
-        self, path: str, target: Path, expect: Observation | None, keep_file: bool = False
+        self, path: str, target: str, expect: Observation | None, keep_file: bool = False
     ) -> None:
         """Remove what ``expect`` says is at ``target`` (already checked).
 
@@ -237,13 +354,13 @@ class RealDisk:
             return
         if expect.type == EntryType.DIRECTORY:
             try:
-                target.rmdir()
+                os.rmdir(target)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                     raise NotEmpty(f"{path}: directory not empty") from None
                 raise
         elif expect.type == EntryType.SYMLINK or not keep_file:
-            target.unlink()
+            os.unlink(target)
 
 
 @contextlib.contextmanager
@@ -258,7 +375,7 @@ def _failing(what: str) -> Iterator[None]:
         raise DiskFailure(f"{what}: {exc.strerror}") from None
 
 
-def _observation(p: Path, st: os.stat_result) -> Observation | None:
+def _observation(p: str, st: os.stat_result) -> Observation | None:
     if stat.S_ISDIR(st.st_mode):
         return Observation(EntryType.DIRECTORY)
     if stat.S_ISLNK(st.st_mode):
@@ -284,7 +401,34 @@ def _matches(now: Observation | None, expect: Observation | None) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2): flush one filesystem (None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(path: Path | str) -> None:
+    assert _SYNCFS is not None
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

@@ -117,7 +117,8 @@ class Node:
         self.folder = config.folder
         self.node_id = mesh.node_id
         self.role = Role(mesh.role)
-        self.disk: Disk = RealDisk(self.folder)
+        self.real_disk = RealDisk(self.folder)
+        self.disk: Disk = self.real_disk
         if mesh.secure_key is not None:  # a key-holder: .secure files plaintext here only
             # Sealing/opening blocks runs on a small pool: libsodium releases the GIL.
             crypto = ThreadPoolExecutor(min(4, os.cpu_count() or 1), "syncron-seal")
@@ -730,7 +731,10 @@ class Node:
 
     async def _start_watcher(self, nursery: trio.Nursery) -> None:
         watcher = Watcher(
-            self.folder, budget=self.config.watch_budget, debounce=self.config.debounce
+            self.folder,
+            budget=self.config.watch_budget,
+            debounce=self.config.debounce,
+            is_own=self.real_disk.is_own,
         )
         dirs = await trio.to_thread.run_sync(self._directories)
         await watcher.start(dirs, self._hot_order())

@@ -82,7 +82,11 @@ class Disk(Protocol):
     def install_file(
         self, path: str, key: str, size: int, mode: int, expect: Observation | None
     ) -> Observation:
-        """Make temp ``key`` (exactly ``size`` bytes) the file at ``path``, durably."""
+        """Make temp ``key`` (exactly ``size`` bytes) the file at ``path``.
+
+        The content is durable before the rename (never a torn file); the
+        rename is durable after :meth:`sync_installed`.
+        """
 
     def install_dir(self, path: str, expect: Observation | None) -> Observation:
         """Ensure a directory at ``path`` where ``expect`` was."""
@@ -95,3 +99,16 @@ class Disk(Protocol):
 
     def move(self, src: str, dst: str, expect: Observation | None) -> Observation:
         """Rename ``src`` (still ``expect``) to ``dst``, which must not exist."""
+
+    def sync_temps(self, keys: Sequence[str]) -> None:
+        """Make the contents of these temps durable (before they are installed).
+
+        One call for a batch of installs; :meth:`install_file` makes any temp
+        not synced this way durable itself.
+        """
+
+    def sync_installed(self) -> None:
+        """Make every install, move and removal so far durable.
+
+        The engine calls it before the index records them (group commit).
+        """

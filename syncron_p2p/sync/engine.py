@@ -28,7 +28,8 @@ Safety rules it keeps:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -92,10 +93,21 @@ from syncron_p2p.sync.effects import (
 )
 from syncron_p2p.sync.reconcile import Descent
 
-MAX_ACTIVE_JOBS = 64
+MAX_ACTIVE_JOBS = 512
+# Completed files wait for company before being installed (one pair of disk
+# flushes per batch; see Engine._install_due), at most this many / long.
+READY_FILES = 256
+READY_BYTES = 64 * 1024 * 1024
+READY_DELAY = 0.1
+# Block bytes in flight per peer (besides Timing.block_window, a count): small
+# files keep many requests in flight, big blocks a few megabytes' worth.
+WINDOW_BYTES = 8 * 1024 * 1024
 RECORDS_PAGE = 256
 PAGE_BYTES = 512 * 1024
 FORGOTTEN_NS = "forgotten"
+# Set once any tombstone was collected: until then no path can be forgotten,
+# and the per-record lookup in FORGOTTEN_NS is skipped (initial syncs).
+ENGINE_NS, ANY_FORGOTTEN = "engine", "any-forgotten"
 # Failed attempts before a structural conflict (a file where a directory must
 # be, or a directory that must go but still has entries) is resolved rather
 # than waited out: the tombstones that would dissolve it may still be coming.
@@ -116,6 +128,9 @@ class Store(Protocol):
     def forget(self, paths: Iterable[str]) -> None: ...
     def kv_get(self, ns: str, key: str) -> bytes | None: ...
     def kv_put(self, ns: str, key: str, value: bytes | None) -> None: ...
+    def batch(self) -> AbstractContextManager[None]:
+        """Writes inside are committed together at the end (reads see them)."""
+        ...
 
     @property
     def last_sequence(self) -> int: ...
@@ -129,8 +144,12 @@ class PeerState:
     root: bytes | None = None
     root_sent: bytes | None = None
     descent: Descent | None = None
+    descend_later: bool = False  # roots differed while we were busy
     requests: dict[int, float] = field(default_factory=dict)  # record/node requests
-    blocks: dict[int, tuple[str, int, float]] = field(default_factory=dict)  # id -> job, idx
+    blocks: dict[int, tuple[str, int, float, int]] = field(
+        default_factory=dict
+    )  # id -> job, idx, sent, size
+    inflight_bytes: int = 0  # sum of the sizes in ``blocks``
 
 
 @dataclass(slots=True)
@@ -181,6 +200,7 @@ class Engine:
         self.deletes: dict[str, tuple[Record, str]] = {}
         self.retry: dict[str, tuple[float, Record, str]] = {}
         self._next_id = 1
+        self._any_forgotten = store.kv_get(ENGINE_NS, ANY_FORGOTTEN) is not None
         self.attempts: dict[str, int] = {}
         self._changed = False  # the index changed since we last announced our root
         # peer -> my last_sequence when our roots last matched (outlives connections)
@@ -188,6 +208,9 @@ class Engine:
         self._next_anti_entropy: float | None = None
         self._next_heartbeat: float | None = None
         self._out: list[Effect] = []
+        self._ready: list[Job] = []  # all blocks at hand: installed together (_install_due)
+        self._ready_since = 0.0  # when the oldest of them became ready
+        self._outbox: list[tuple[Record, str]] = []  # (stored record, peer not to tell)
         self._now = 0.0
         self.stats = {
             "conflicts": 0,
@@ -201,23 +224,40 @@ class Engine:
 
     def handle(self, event: Input, now: float) -> list[Effect]:
         """Process one input at time ``now``; return the effects to execute."""
+        return self.handle_many((event,), now)
+
+    def handle_many(self, events: Sequence[Input], now: float) -> list[Effect]:
+        """Process inputs in order, as one batch; return the effects to execute.
+
+        The batch is the unit of durability (group commit): the files it
+        completes are made durable together (``Disk.sync_temps``), renamed
+        into place, the renames made durable (``Disk.sync_installed``), and
+        only then is the index committed - one transaction for the batch.
+        A crash at any point leaves each file old or new, and the index never
+        ahead of the disk. Messages to peers are only returned, so they go
+        out after the commit.
+        """
         self._now = now
         self._out = []
         if self._next_anti_entropy is None:
             self._schedule_anti_entropy()
             self._next_heartbeat = now + self.timing.heartbeat_interval
-        match event:
-            case PeerUp(peer):
-                self._peer_up(peer)
-            case PeerDown(peer):
-                self._peer_down(peer)
-            case Received(peer, message):
-                self._received(peer, message)
-            case LocalChanges(records):
-                self._local_changes(records)
-            case Tick():
-                self._tick()
-        self._pump()
+        with self.store.batch():
+            for event in events:
+                match event:
+                    case PeerUp(peer):
+                        self._peer_up(peer)
+                    case PeerDown(peer):
+                        self._peer_down(peer)
+                    case Received(peer, message):
+                        self._received(peer, message)
+                    case LocalChanges(records):
+                        self._local_changes(records)
+                    case Tick():
+                        self._tick()
+            self._pump()
+            self.disk.sync_installed()
+        self._flush_announcements()
         out, self._out = self._out, []
         return out
 
@@ -225,6 +265,8 @@ class Engine:
         """The earliest time :class:`Tick` should be fed again."""
         times = [t for t in (self._next_anti_entropy, self._next_heartbeat) if t is not None]
         times.extend(at for at, _, _ in self.retry.values())
+        if self._ready:
+            times.append(self._ready_since + READY_DELAY)
         return min(times) if times else None
 
     # ============================================================== peers
@@ -245,7 +287,7 @@ class Engine:
         if state is None:
             return
         state.session.close()
-        for job_path, idx, _ in state.blocks.values():
+        for job_path, idx, _, _ in state.blocks.values():
             job = self.jobs.get(job_path)
             if job is not None:
                 job.inflight.pop(idx, None)
@@ -338,9 +380,21 @@ class Engine:
         if msg.root == mine:
             self.synced[peer] = self.store.last_sequence
         elif self.role != Role.SEND_ONLY and state.descent is None:
-            state.descent = Descent(self.store.merkle)
-            self._issue(peer, state, state.descent.start())
+            if self._busy():
+                # Everything still queued would be fetched again by a new
+                # descent: compare once the work has drained (see _pump).
+                state.descend_later = True
+            else:
+                self._descend(peer, state)
         self._send_root(peer, state)
+
+    def _busy(self) -> bool:
+        return len(self.queue) + len(self.jobs) >= MAX_ACTIVE_JOBS
+
+    def _descend(self, peer: str, state: PeerState) -> None:
+        state.descend_later = False
+        state.descent = Descent(self.store.merkle)
+        self._issue(peer, state, state.descent.start())
 
     def _issue(
         self,
@@ -495,6 +549,8 @@ class Engine:
         return forgotten is not None and forgotten.dominates(rec.version)
 
     def _forgotten(self, path: str) -> VersionVector | None:
+        if not self._any_forgotten:
+            return None
         raw = self.store.kv_get(FORGOTTEN_NS, path)
         return None if raw is None else _decode_vector(raw)
 
@@ -505,7 +561,7 @@ class Engine:
             validate(path)
             local = self.store.get(path)
             if local is not None and local.deleted and vector.dominates(local.version):
-                self.store.kv_put(FORGOTTEN_NS, path, _encode_vector(vector))
+                self._mark_forgotten(path, vector)
                 doomed.append(path)
         if doomed:
             self.store.forget(doomed)
@@ -514,14 +570,26 @@ class Engine:
     # ------------------------------------------------------------- jobs
 
     def _pump(self) -> None:
-        """Start queued work, request blocks, and run deferred deletions."""
-        while self.queue and len(self.jobs) < MAX_ACTIVE_JOBS:
-            path = next(iter(self.queue))
-            rec, sources = self.queue.pop(path)
-            self._start(rec, sources)
-        self._request_blocks()
+        """Install what is complete, start queued work, request blocks, run deletions."""
+        while True:
+            while self.queue and len(self.jobs) < MAX_ACTIVE_JOBS:
+                path = next(iter(self.queue))
+                rec, sources = self.queue.pop(path)
+                self._start(rec, sources)
+            self._request_blocks()
+            if not self._ready or not self._install_due():
+                break
+            self._install_ready()  # frees job slots: start more
         if not self.jobs and not self.queue and self.deletes:
             self._run_deletes()
+        if not self._busy():
+            mine = self.store.merkle.root()
+            for peer, state in self.peers.items():
+                if state.descend_later and state.descent is None and state.session.active:
+                    if state.root is not None and state.root != mine:
+                        self._descend(peer, state)
+                    else:
+                        state.descend_later = False
         idle = not self.jobs and not self.queue and not self.deletes
         if self._changed and idle and self.timing.eager_push:
             # Work drained: tell every peer our new root, so "in sync" is known
@@ -595,7 +663,9 @@ class Engine:
             if will_install is not None:
                 will_install(target)
         if target.type != EntryType.FILE or not target.blocks:
-            self._finish(job)
+            if target.type == EntryType.FILE:
+                self.disk.temp_write(job.key, 0, b"")  # empty file
+            self._ready_job(job)
             return
         present = self.disk.temp_present(job.key, target.blocks)
         reuse = _local_sources(self.store, local, target)
@@ -614,9 +684,49 @@ class Engine:
             else:
                 job.missing[idx] = block
         if not job.missing:
-            self._finish(job)
+            self._ready_job(job)
             return
         self.jobs[target.path] = job
+
+    def _ready_job(self, job: Job) -> None:
+        """Everything for ``job`` is at hand: install it with its batch."""
+        self.jobs[job.target.path] = job  # a record arriving meanwhile joins it
+        self._add_ready(job)
+
+    def _add_ready(self, job: Job) -> None:
+        if not self._ready:
+            self._ready_since = self._now
+        self._ready.append(job)
+
+    def _install_due(self) -> bool:
+        """Install the completed jobs now, or let more join them?
+
+        Each install batch costs two flushes of the disk, so in a bulk
+        transfer completed files wait for company - up to READY_FILES files,
+        READY_BYTES bytes or READY_DELAY seconds. When nothing more is on
+        its way (no block requested from anyone), they go at once: a single
+        change is never held back.
+        """
+        if len(self._ready) >= READY_FILES:
+            return True
+        if self._now >= self._ready_since + READY_DELAY:  # the very sum next_deadline() gives
+            return True
+        if sum(j.target.size for j in self._ready) >= READY_BYTES:
+            return True
+        return not any(state.blocks for state in self.peers.values())
+
+    def _install_ready(self) -> None:
+        """Install the completed jobs together (see :meth:`handle_many`)."""
+        while self._ready:
+            batch, self._ready = self._ready, []
+            batch = [j for j in batch if self.jobs.get(j.target.path) is j]
+            for job in batch:
+                del self.jobs[job.target.path]
+            files = [j.key for j in batch if j.target.type == EntryType.FILE]
+            if files:
+                self.disk.sync_temps(files)
+            for job in batch:
+                self._finish(job)
 
     def _request_blocks(self) -> None:
         if not self.jobs:
@@ -626,19 +736,22 @@ class Engine:
             if not state.session.active:
                 continue
             free = window - len(state.blocks)
-            if free <= 0:
+            room = WINDOW_BYTES - state.inflight_bytes
+            if free <= 0 or room <= 0:
                 continue
             for job in list(self.jobs.values()):
                 if peer not in job.sources:
                     continue
                 for idx, block in job.missing.items():
-                    if free <= 0:
+                    if free <= 0 or room <= 0:
                         break
                     if idx in job.inflight:
                         continue
                     rid = self._request_id()
                     job.inflight[idx] = rid
-                    state.blocks[rid] = (job.target.path, idx, self._now)
+                    state.blocks[rid] = (job.target.path, idx, self._now, block.size)
+                    state.inflight_bytes += block.size
+                    room -= block.size
                     self._send(
                         peer,
                         BlockRequest(
@@ -651,7 +764,7 @@ class Engine:
                         ),
                     )
                     free -= 1
-                if free <= 0:
+                if free <= 0 or room <= 0:
                     break
         for job in self.jobs.values():
             if not job.sources and not job.inflight and job.stalled_since is None:
@@ -661,7 +774,8 @@ class Engine:
         entry = state.blocks.pop(rid, None)
         if entry is None:
             return  # late (timed out) or duplicated: the block is requested again anyway
-        path, idx, _ = entry
+        path, idx, _, size = entry
+        state.inflight_bytes -= size
         job = self.jobs.get(path)
         if job is None or job.inflight.get(idx) != rid:
             return  # job finished or was dropped meanwhile
@@ -680,8 +794,7 @@ class Engine:
         self.stats["blocks_remote"] += 1
         del job.missing[idx]
         if not job.missing and not job.inflight:
-            del self.jobs[path]
-            self._finish(job)
+            self._add_ready(job)
 
     def _finish(self, job: Job) -> None:
         """Install a job's result on disk, then store and announce it."""
@@ -711,8 +824,6 @@ class Engine:
             elif target.type == EntryType.SYMLINK:
                 obs = self.disk.install_symlink(path, target.target, expect)
             else:
-                if not target.blocks:
-                    self.disk.temp_write(job.key, 0, b"")
                 obs = self.disk.install_file(path, job.key, target.size, target.mode, expect)
         except LocalChanged as exc:
             if self._structural_conflict(job, exc):
@@ -905,11 +1016,16 @@ class Engine:
         self._announce(stored, exclude=origin_peer)
 
     def _announce(self, records: list[Record], exclude: str = "") -> None:
-        if not records or not self.timing.eager_push:
+        """Push ``records`` to every peer but ``exclude``, when the batch ends."""
+        if self.timing.eager_push:
+            self._outbox.extend((rec, exclude) for rec in records)
+
+    def _flush_announcements(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if not outbox:
             return
         for peer in self._active():
-            if peer == exclude:
-                continue
+            records = [rec for rec, exclude in outbox if exclude != peer]
             for i in range(0, len(records), RECORDS_PAGE):
                 self._send(peer, Records(0, tuple(records[i : i + RECORDS_PAGE]), True))
 
@@ -983,9 +1099,10 @@ class Engine:
                 state.last_ping = now
                 self._send(peer, Ping(self._request_id()))
             timeout = self.timing.request_timeout
-            for rid, (path, idx, sent) in list(state.blocks.items()):
+            for rid, (path, idx, sent, size) in list(state.blocks.items()):
                 if now - sent > timeout:
                     del state.blocks[rid]
+                    state.inflight_bytes -= size
                     job = self.jobs.get(path)
                     if job is not None:
                         job.inflight.pop(idx, None)
@@ -1015,9 +1132,15 @@ class Engine:
         if not doomed:
             return
         for rec in doomed:
-            self.store.kv_put(FORGOTTEN_NS, rec.path, _encode_vector(rec.version))
+            self._mark_forgotten(rec.path, rec.version)
         self.store.forget(r.path for r in doomed)
         self._notice("collected", "", f"{len(doomed)} tombstones are causally stable")
+
+    def _mark_forgotten(self, path: str, version: VersionVector) -> None:
+        if not self._any_forgotten:
+            self.store.kv_put(ENGINE_NS, ANY_FORGOTTEN, b"1")
+            self._any_forgotten = True
+        self.store.kv_put(FORGOTTEN_NS, path, _encode_vector(version))
 
     def _notice(self, kind: str, path: str, detail: str) -> None:
         self._out.append(Notice(kind, path, detail))
@@ -1036,6 +1159,17 @@ class Engine:
         reverted: list[str] = []
         if self.role != Role.RECEIVE_ONLY:
             return reverted, []
+        with self.store.batch():
+            self._revert_own(reverted)
+            self.disk.sync_installed()
+        for peer in self._active():
+            state = self.peers[peer]
+            state.root = None
+            self._send_root(peer, state, force=True)
+        out, self._out = self._out, []
+        return reverted, out
+
+    def _revert_own(self, reverted: list[str]) -> None:
         own = [r for r in self.store.all() if self._unpublished(r) and CONFLICT_MARK not in r.path]
         # children first, so directories are empty when their turn comes
         for rec in sorted(own, key=lambda r: r.path, reverse=True):
@@ -1056,12 +1190,6 @@ class Engine:
             if keep:
                 self.store.put(keep)
             reverted.append(rec.path)
-        for peer in self._active():
-            state = self.peers[peer]
-            state.root = None
-            self._send_root(peer, state, force=True)
-        out, self._out = self._out, []
-        return reverted, out
 
     # ------------------------------------------------------------ status
 

@@ -61,6 +61,8 @@ class MemoryDisk:
         self.temps: dict[str, bytearray] = {}
         self._clock = 0
         self.writes_outside: list[str] = []  # for invariant checks; must stay empty
+        self.temp_syncs = 0  # sync_temps calls (one per install batch)
+        self.synced_temps = 0  # temps they covered
 
     # ------------------------------------------------------------ user edits
 
@@ -304,6 +306,13 @@ class MemoryDisk:
         for p in [p for p in self.entries if p == src or p.startswith(src + "/")]:
             self.entries[dst + p[len(src) :]] = self.entries.pop(p)
         return self.observe(dst)  # type: ignore[return-value]
+
+    def sync_temps(self, keys: Sequence[str]) -> None:
+        self.temp_syncs += 1
+        self.synced_temps += len(keys)
+
+    def sync_installed(self) -> None:
+        pass  # memory: nothing to flush
 
 
 def _refresh(old: Record, fp: StatFingerprint | None) -> Record:
