@@ -11,6 +11,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 import pytest
 import trio
 
@@ -19,6 +20,7 @@ from syncron_p2p.errors import UsageError
 from syncron_p2p.mesh import Mesh
 from syncron_p2p.node import control
 from syncron_p2p.node.discovery import Discovery, Found
+from syncron_p2p.node.disk import RealDisk
 from syncron_p2p.node.options import FolderLock, parse_hostport
 from syncron_p2p.node.runner import Node, NodeConfig
 from syncron_p2p.node.watcher import Watcher, plan_watches
@@ -272,3 +274,30 @@ async def test_removed_peer_is_refused(tmp_path: Path) -> None:
         assert a.connections == {} and b.connections == {}
         await a.stop()
         await b.stop()
+
+
+async def test_watcher_ignores_the_nodes_own_writes_but_not_a_later_edit(tmp_path: Path) -> None:
+    disk = RealDisk(tmp_path)
+    watcher = Watcher(tmp_path, debounce=0.05, is_own=disk.is_own)
+    await watcher.start([""])
+    assert watcher.active
+    send, receive = trio.open_memory_channel[list[str] | None](8)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher.batches, send)
+            await trio.sleep(0.1)
+            for i in range(20):  # what applying remote files does
+                data = f"remote {i}".encode()
+                key = blake3.blake3(data).hexdigest()
+                disk.temp_write(key, 0, data)
+                disk.sync_temps([key])
+                disk.install_file(f"in/f{i}.txt", key, len(data), 0o644, None)
+            disk.sync_installed()
+            with trio.move_on_after(0.5) as quiet:
+                await receive.receive()
+            assert quiet.cancelled_caught  # no rescan for our own writes
+            (tmp_path / "in" / "f3.txt").write_text("a user edit")
+            assert await _next_batch(receive) == ["in"]
+            nursery.cancel_scope.cancel()
+    finally:
+        await watcher.stop()

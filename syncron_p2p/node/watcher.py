@@ -21,10 +21,11 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import trio
+from watchdog import events as wd_events
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
@@ -34,6 +35,33 @@ from syncron_p2p.paths import STATE_DIR
 log = logging.getLogger("syncron.watcher")
 
 IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})  # reads, not changes
+
+
+def _event_filter() -> list[type[FileSystemEvent]]:
+    """The events that can mean a change, so inotify reports only those.
+
+    Creation, deletion, moves, writes and attribute changes. Not opens or
+    closes (a write already reported itself), and not the parent directory's
+    "modified" echo of every entry event (the entry's own event names it);
+    watchdog before 6 reports attribute changes as "modified", so there it stays.
+    """
+    wanted: list[type[FileSystemEvent]] = [
+        wd_events.FileCreatedEvent,
+        wd_events.DirCreatedEvent,
+        wd_events.FileDeletedEvent,
+        wd_events.DirDeletedEvent,
+        wd_events.FileMovedEvent,
+        wd_events.DirMovedEvent,
+        wd_events.FileModifiedEvent,
+    ]
+    attrib = [getattr(wd_events, n, None) for n in ("FileAttribEvent", "DirAttribEvent")]
+    if all(cls is not None for cls in attrib):
+        wanted.extend(cls for cls in attrib if cls is not None)
+    else:
+        wanted.append(wd_events.DirModifiedEvent)
+    return wanted
+
+
 MAX_USER_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 
 
@@ -74,13 +102,14 @@ class _Handler(FileSystemEventHandler):
         if event.event_type in IGNORED_EVENTS:
             return
         dirs: list[str] = []
+        is_own = self.watcher.is_own
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             path = os.fsdecode(raw) if raw else ""
             if not path:
                 continue
             rel = self.watcher.relative(path)
-            if rel is None:
-                continue
+            if rel is None or (is_own is not None and is_own(path)):
+                continue  # outside, in .syncron, or our own write (not a change)
             if event.is_directory and event.event_type != "modified":
                 dirs.append(rel.rpartition("/")[0])  # parent sees the entry come or go
             elif event.is_directory:
@@ -101,8 +130,10 @@ class Watcher:
         budget: int | None = None,
         debounce: float = 0.15,
         max_delay: float = 1.0,
+        is_own: Callable[[str], bool] | None = None,
     ) -> None:
         self.root = root
+        self.is_own = is_own  # absolute path -> caused by our own write?
         self._prefix = str(root).rstrip("/") + "/"
         self.budget = budget if budget is not None else default_budget()
         self.debounce = debounce
@@ -196,7 +227,9 @@ class Watcher:
             for d in wanted:
                 if d not in self._watches:
                     path = str(self.root / d) if d else str(self.root)
-                    self._watches[d] = observer.schedule(handler, path, recursive=recursive)
+                    self._watches[d] = observer.schedule(
+                        handler, path, recursive=recursive, event_filter=_event_filter()
+                    )
 
         try:
             await trio.to_thread.run_sync(apply)
