@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from syncron_p2p.index import scanner as scanner_mod
 from syncron_p2p.index.blocks import FileDigest, hash_file
 from syncron_p2p.index.db import Index
-from syncron_p2p.index.records import EntryType
+from syncron_p2p.index.merkle import MerkleTree
+from syncron_p2p.index.records import EntryType, entry_digest
 from syncron_p2p.index.scanner import Scanner
+from syncron_p2p.index.versions import VersionVector
 
 NODE = "TESTNODE"
 
@@ -437,3 +439,138 @@ def test_helper_reports_unreadable_files(folder: Path, monkeypatch: pytest.Monke
         reasons = {e.path: e.reason for e in result.errors}
         assert reasons == {"h2/f2.bin": "cannot read: No such file or directory"}
         assert result.hashed_files == 38  # 40 edited, one now a directory, one gone
+
+
+# ---------------------------------------------------- a path that changes type
+
+_OLD_TREE = ("d/a.txt", "d/sub/b.txt", "d/sub/deeper/c.txt")
+_OLD_DESCENDANTS = {"d/a.txt", "d/sub", "d/sub/b.txt", "d/sub/deeper", "d/sub/deeper/c.txt"}
+# what a watcher batch for "rm -r d; make d something else" hands the node:
+# the parent of each event's path (the node rescans these, non-recursively)
+_WATCHER_DIRS = ["", "d", "d/sub", "d/sub/deeper"]
+
+
+def _rescan(folder: Path, index: Index, how: str) -> scanner_mod.ScanResult:
+    if how == "full":
+        return Scanner(folder, index).scan()
+    if how == "targeted":
+        return Scanner(folder, index).scan(_WATCHER_DIRS, recursive=False)
+    assert how == "targeted-parent"
+    return Scanner(folder, index).scan([""], recursive=False)
+
+
+def _live_state(index: Index) -> dict[str, tuple[object, ...]]:
+    return {
+        r.path: (r.type, r.size, r.mode, r.content_hash, r.target, r.sealed)
+        for r in index.all()
+        if not r.deleted
+    }
+
+
+def _assert_agrees_with_a_fresh_index(folder: Path, index: Index, tmp: Path) -> None:
+    """Live records match a fresh scan of the disk; the root is the records' root."""
+    with Index.open(folder, NODE, db_path=tmp / "fresh.db") as fresh:
+        Scanner(folder, fresh).scan()
+        assert not any(r.deleted for r in fresh.all())
+        assert _live_state(index) == _live_state(fresh)
+    expected = MerkleTree.from_items((r.path, entry_digest(r)) for r in index.all())
+    assert index.merkle.root() == expected.root()
+
+
+def _directory_with_a_subtree(folder: Path) -> None:
+    for rel in _OLD_TREE:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(rel)
+    (folder / "d" / "empty").mkdir()
+    (folder / "keep.txt").write_text("keep")
+
+
+@pytest.mark.parametrize("how", ["full", "targeted", "targeted-parent"])
+@pytest.mark.parametrize("becomes", ["file", "symlink"])
+def test_directory_replaced_by_a_file_or_symlink_tombstones_its_subtree(
+    tmp_path: Path, how: str, becomes: str
+) -> None:
+    folder = tmp_path / "sync"
+    folder.mkdir()
+    _directory_with_a_subtree(folder)
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        scan(folder, index)  # (directory summaries in place)
+        assert index.dir_summary("") is not None and index.dir_summary("d/sub") is not None
+        before = {r.path: r for r in index.all()}
+        descendants = _OLD_DESCENDANTS | {"d/empty"}
+        assert {p for p in before if p.startswith("d/")} == descendants
+        shutil.rmtree(folder / "d")
+        if becomes == "file":
+            (folder / "d").write_text("a file now")
+        else:
+            os.symlink("keep.txt", folder / "d")
+        result = _rescan(folder, index, how)
+        assert not result.errors
+        changed = {r.path: r for r in result.changed}
+        assert set(changed) == descendants | {"d"}
+        for path in descendants:
+            rec = index.get(path)
+            assert rec is not None and rec.deleted, path
+            assert rec.version == before[path].version.bump(index.actor)
+            assert changed[path].deleted
+        d = index.get("d")
+        assert d is not None and not d.deleted
+        assert d.type == (EntryType.FILE if becomes == "file" else EntryType.SYMLINK)
+        assert d.version == before["d"].version.bump(index.actor)
+        assert index.get("keep.txt") == before["keep.txt"]
+        _assert_agrees_with_a_fresh_index(folder, index, tmp_path)
+        # nothing left for any later scan to find
+        assert not Scanner(folder, index).scan().changed
+        assert not Scanner(folder, index).scan([""], recursive=False).changed
+
+
+@pytest.mark.parametrize("how", ["full", "targeted", "targeted-parent"])
+def test_file_replaced_by_a_directory_records_the_new_tree(tmp_path: Path, how: str) -> None:
+    folder = tmp_path / "sync"
+    folder.mkdir()
+    (folder / "d").write_text("a file first")
+    (folder / "keep.txt").write_text("keep")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        scan(folder, index)
+        old = index.get("d")
+        assert old is not None and old.type == EntryType.FILE
+        (folder / "d").unlink()
+        _directory_with_a_subtree(folder)
+        result = _rescan(folder, index, how)
+        assert not result.errors
+        assert {r.path for r in result.changed} == {"d"} | _OLD_DESCENDANTS | {"d/empty"}
+        d = index.get("d")
+        assert d is not None and not d.deleted and d.type == EntryType.DIRECTORY
+        assert d.version == old.version.bump(index.actor)
+        for path in _OLD_DESCENDANTS:
+            rec = index.get(path)
+            assert rec is not None and not rec.deleted
+            assert rec.version == VersionVector().bump(index.actor)
+        _assert_agrees_with_a_fresh_index(folder, index, tmp_path)
+        assert not Scanner(folder, index).scan().changed
+
+
+@pytest.mark.parametrize("how", ["full", "targeted"])
+def test_directory_to_file_and_back_brings_the_subtree_back(tmp_path: Path, how: str) -> None:
+    """The tombstones and any summary left from the first life never hide the second."""
+    folder = tmp_path / "sync"
+    folder.mkdir()
+    _directory_with_a_subtree(folder)
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        scan(folder, index)
+        shutil.rmtree(folder / "d")
+        (folder / "d").write_text("a file for a while")
+        _rescan(folder, index, how)
+        _rescan(folder, index, how)
+        (folder / "d").unlink()
+        _directory_with_a_subtree(folder)
+        result = _rescan(folder, index, how)
+        assert {r.path for r in result.changed} == {"d"} | _OLD_DESCENDANTS | {"d/empty"}
+        for path in _OLD_DESCENDANTS | {"d/empty"}:
+            rec = index.get(path)
+            assert rec is not None and not rec.deleted
+            assert rec.version.get(index.actor) == 3  # minted, tombstoned, minted again
+        _assert_agrees_with_a_fresh_index(folder, index, tmp_path)

@@ -16,7 +16,8 @@ Walks the folder top-down with ``os.scandir``, honouring nested
   the path's version vector; content that did not change only refreshes the
   fingerprint and keeps the version;
 * an indexed path that vanished becomes a tombstone with a bumped vector (a
-  vanished directory takes its whole indexed subtree with it).
+  vanished directory takes its whole indexed subtree with it, and so does a
+  directory that is now a file, a symlink or a special file).
 
 Unchanged directories cost one comparison: after a directory compared clean
 (no error, every record current) the scanner stores a digest of its listing
@@ -501,6 +502,10 @@ class Scanner:
                 continue  # ignored: leave its record (if any) untouched
             seen += 1
             old = known.get(rel)
+            if old is not None and old[0] == EntryType.DIRECTORY and not is_dir:
+                # Indexed as a directory, now a file, symlink or special file:
+                # nothing below it exists any more, and no walk will go there.
+                self._subtree_gone(rel)
             if S_ISREG(mode):
                 size = st.st_size
                 files += 1
@@ -822,11 +827,15 @@ class Scanner:
     def _vanished(self, old: Record) -> None:
         self._gone(old)
         if old.type == EntryType.DIRECTORY:
-            for rec in self.index.subtree(old.path):
-                if not rec.deleted:
-                    # (its directory may be one this scan already summarised)
-                    self._late[parent(rec.path)] = len(self._batch)
-                    self._gone(rec)
+            self._subtree_gone(old.path)
+
+    def _subtree_gone(self, directory: str) -> None:
+        """Every live record below ``directory`` vanished with it."""
+        for rec in self.index.subtree(directory):
+            if not rec.deleted:
+                # (its directory may be one this scan already summarised)
+                self._late[parent(rec.path)] = len(self._batch)
+                self._gone(rec)
 
     def _gone(self, old: Record) -> None:
         if self.keys is None and old.type == EntryType.FILE and old.sealed:
