@@ -574,3 +574,18 @@ def test_directory_to_file_and_back_brings_the_subtree_back(tmp_path: Path, how:
             assert rec is not None and not rec.deleted
             assert rec.version.get(index.actor) == 3  # minted, tombstoned, minted again
         _assert_agrees_with_a_fresh_index(folder, index, tmp_path)
+
+
+def test_directory_replaced_by_a_special_file_tombstones_its_subtree(folder: Path) -> None:
+    """The fifo itself is skipped (and its path's record kept), but nothing is below it."""
+    _directory_with_a_subtree(folder)
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        before = index.get("d")
+        shutil.rmtree(folder / "d")
+        os.mkfifo(folder / "d")
+        result = Scanner(folder, index).scan([""], recursive=False)
+        assert [e.path for e in result.errors] == ["d"]
+        assert {r.path for r in result.changed} == _OLD_DESCENDANTS | {"d/empty"}
+        assert all(r.deleted for r in result.changed)
+        assert index.get("d") == before
