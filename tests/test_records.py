@@ -8,7 +8,10 @@ node's merkle root depends on these bytes, so no optimisation may change one.
 from __future__ import annotations
 
 import blake3
+import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from syncron_p2p.index.records import (
     EMPTY_HASH,
@@ -179,3 +182,62 @@ def test_local_facts_are_not_digested() -> None:
         origin_sum=rec.origin_sum,
     )  # no blocks, sequence or fingerprint
     assert entry_digest(bare) == entry_digest(rec)
+
+
+def _reference_canonical(record: Record) -> bytes:
+    """The original encoder, verbatim: what every leaf digest was made with."""
+    fields: list[object] = [
+        record.path,
+        int(record.type),
+        record.size,
+        record.mode,
+        record.content_hash,
+        record.deleted,
+        record.target,
+        record.origin,
+        record.origin_sum,
+        record.version.encode(),
+    ]
+    if record.sealed:
+        fields.append(True)
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
+
+
+# lengths and values on each side of msgpack's format boundaries
+_BOUNDS = [0, 1, 31, 32, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63, 2**64 - 1]
+_uints = st.one_of(st.sampled_from(_BOUNDS), st.integers(0, 2**64 - 1))
+
+
+@st.composite
+def _texts(draw: st.DrawFn) -> str:
+    n = draw(st.sampled_from([0, 1, 31, 32, 255, 256, 65535, 65536]) | st.integers(0, 300))
+    if n > 300:  # (a long run of one character, which may be multi-byte)
+        return str(draw(st.characters())) * n
+    return draw(st.text(min_size=n, max_size=n))
+
+
+_records_st = st.builds(
+    Record,
+    path=_texts(),
+    type=st.sampled_from(EntryType),
+    size=_uints,
+    mode=_uints,
+    content_hash=st.binary(min_size=32, max_size=32) | st.binary(max_size=300),
+    version=st.dictionaries(_texts(), st.integers(1, 2**64 - 1), max_size=20).map(VersionVector.of),
+    deleted=st.booleans(),
+    blocks=st.just(()),
+    target=_texts(),
+    origin=_texts(),
+    origin_sum=_uints,
+    sealed=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_records_st)
+def test_canonical_is_byte_for_byte_the_original_encoding(record: Record) -> None:
+    reference = _reference_canonical(record)
+    assert canonical(record) == reference
+    expected = blake3.blake3(b"syncron-entry-v1\x00" + reference).digest()
+    assert entry_digest(record) == expected

@@ -21,6 +21,10 @@ HASH_SIZE = 32
 EMPTY_HASH = blake3.blake3(b"").digest()
 # Bytes a sealed block adds to its plaintext block: 24-byte nonce + 16-byte tag.
 SEAL_OVERHEAD = 40
+_ENTRY_DOMAIN = b"syncron-entry-v1\x00"
+_PACK_BUFFER = 512  # most canonical encodings fit (the packer grows it for the rest)
+_Packer = msgpack.Packer
+_blake3 = blake3.blake3
 
 
 class EntryType(enum.IntEnum):
@@ -95,30 +99,53 @@ class Record:
 def canonical(record: Record) -> bytes:
     """The canonical bytes of a record's synced state (msgpack, fixed layout).
 
-    A sealed record appends ``True``: unsealed records keep the ten-field
+    ``[path, type, size, mode, content_hash, deleted, target, origin,
+    origin_sum, version]``, the version as ``[[actor, counter], ...]``. A
+    sealed record appends ``True``: unsealed records keep the ten-field
     layout, so their digests (and stored merkle leaves) did not change.
+
+    This is on the hot path of every scan and every stored record, so it
+    avoids what ``msgpack.packb`` costs per call: a packer with a 256 KiB
+    buffer (here: a small one; a packer shared between calls would need a
+    lock, entry_digest runs in several threads) and the version's
+    ``encode()`` lists (its entries, pairs of actor and counter, pack to the
+    same bytes: msgpack writes tuples as arrays). ``tests/test_records.py``
+    pins the bytes.
     """
-    fields: list[object] = [
-        record.path,
-        int(record.type),
-        record.size,
-        record.mode,
-        record.content_hash,
-        record.deleted,
-        record.target,
-        record.origin,
-        record.origin_sum,
-        record.version.encode(),
-    ]
     if record.sealed:
-        fields.append(True)
-    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+        fields: tuple[object, ...] = (
+            record.path,
+            int(record.type),
+            record.size,
+            record.mode,
+            record.content_hash,
+            record.deleted,
+            record.target,
+            record.origin,
+            record.origin_sum,
+            record.version.entries,
+            True,
+        )
+    else:
+        fields = (
+            record.path,
+            int(record.type),
+            record.size,
+            record.mode,
+            record.content_hash,
+            record.deleted,
+            record.target,
+            record.origin,
+            record.origin_sum,
+            record.version.entries,
+        )
+    packed: bytes = _Packer(use_bin_type=True, buf_size=_PACK_BUFFER).pack(fields)
     return packed
 
 
 def entry_digest(record: Record) -> bytes:
     """blake3 of :func:`canonical`: the merkle leaf for this record."""
-    return blake3.blake3(b"syncron-entry-v1\x00" + canonical(record)).digest()
+    return _blake3(_ENTRY_DOMAIN + canonical(record)).digest()
 
 
 def mint(
