@@ -209,11 +209,8 @@ class Node:
         return self._handle_many([event], now)
 
     def _handle_many(self, events: list[Input], now: float) -> list[tuple[Effect, bytes | None]]:
-        out: list[tuple[Effect, bytes | None]] = []
-        for event in events:
-            for e in self.engine.handle(event, now):
-                out.append((e, codec.encode(e.message) if isinstance(e, Send) else None))
-        return out
+        effects = self.engine.handle_many(events, now)
+        return [(e, codec.encode(e.message) if isinstance(e, Send) else None) for e in effects]
 
     async def feed(self, event: Input, origin: str | None = None) -> None:
         """Feed one input to the engine and execute its effects."""
