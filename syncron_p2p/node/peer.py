@@ -1,4 +1,4 @@
-"""One authenticated connection to a peer: a reader task and a writer task.
+"""One authenticated connection to a peer: reader, dispatcher and writer tasks.
 
 The node opens a TCP stream, wraps it in a
 :class:`~syncron_p2p.node.secure_stream.SecureStream`, runs the handshake
@@ -6,9 +6,15 @@ The node opens a TCP stream, wraps it in a
 :class:`PeerConnection`:
 
 * the **reader** decodes frames with :class:`~syncron_p2p.protocol.codec.Decoder`
-  and passes each message to the node's callback (which feeds the engine);
+  a few reads ahead of the **dispatcher**, which hands everything decoded so
+  far to the node as one batch (so decryption overlaps applying, and a burst
+  of blocks is applied, and made durable, together), in order, through the
+  node's callback (which feeds the engine);
 * the **writer** drains this connection's outbound queue of encoded
   messages into the stream, coalescing small ones into one write.
+
+Inbound flow control: the reader stops reading when READ_AHEAD decoded reads
+wait for the dispatcher, so a node busy applying slows its sender by TCP.
 
 Outbound flow control. Messages are queued synchronously (under the node's
 engine lock, so their order is the engine's order) and counted in bytes.
@@ -42,6 +48,8 @@ LOW_WATER = 2 * 1024 * 1024
 HARD_LIMIT = 256 * 1024 * 1024
 WRITE_BATCH = 512 * 1024
 RECEIVE_MAX = 256 * 1024
+READ_AHEAD = 32  # decoded reads queued for the dispatcher (at most 32 x RECEIVE_MAX)
+DISPATCH_MAX = 1024  # messages handed to the node in one batch
 HANDSHAKE_TIMEOUT = 10.0
 
 # called with every message decoded from one read, in order
@@ -75,6 +83,7 @@ class PeerConnection:
         self._closed = trio.Event()
         self._cancel = trio.CancelScope()
         self._reason = ""
+        self._eof = "peer closed the connection"
 
     def __repr__(self) -> str:
         return f"PeerConnection({self.peer_id} at {self.address})"
@@ -139,8 +148,10 @@ class PeerConnection:
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
+                    send, receive = trio.open_memory_channel[list[Message]](READ_AHEAD)
                     nursery.start_soon(self._guarded, self._writer(), nursery.cancel_scope)
-                    await self._guarded(self._reader(on_message), nursery.cancel_scope)
+                    nursery.start_soon(self._read_ahead, send, nursery.cancel_scope)
+                    await self._guarded(self._dispatcher(receive, on_message), nursery.cancel_scope)
         finally:
             self._queue.clear()
             self._queued = 0
@@ -162,19 +173,55 @@ class PeerConnection:
             self._reason = reason
         scope.cancel()
 
-    async def _reader(self, on_message: OnMessage) -> str:
+    async def _read_ahead(
+        self, out: trio.MemorySendChannel[list[Message]], scope: trio.CancelScope
+    ) -> None:
+        """The reader. At the end of the stream it closes ``out`` and lets the
+        dispatcher hand over what is still queued (a last message, a goodbye);
+        a broken channel ends everything at once."""
+        try:
+            self._eof = await self._reader(out)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._reason = f"connection lost ({exc})"
+            scope.cancel()
+        except RemoteProtocolError as exc:
+            self._reason = f"protocol error: {exc}"
+            scope.cancel()
+
+    async def _reader(self, out: trio.MemorySendChannel[list[Message]]) -> str:
+        """Decrypt and decode, READ_AHEAD reads ahead of the dispatcher."""
         decoder = Decoder()
-        while True:
-            data = await self.stream.receive_some(RECEIVE_MAX)
-            if not data:
-                return "peer closed the connection"
-            self.bytes_in += len(data)
-            decoder.feed(bytes(data))
-            batch: list[Message] = []
-            while (msg := decoder.next()) is not None:
-                batch.append(msg)
-            if batch:
-                await on_message(self, batch)
+        async with out:
+            while True:
+                data = await self.stream.receive_some(RECEIVE_MAX)
+                if not data:
+                    return "peer closed the connection"
+                self.bytes_in += len(data)
+                decoder.feed(bytes(data))
+                batch: list[Message] = []
+                while (msg := decoder.next()) is not None:
+                    batch.append(msg)
+                if batch:
+                    await out.send(batch)
+
+    async def _dispatcher(
+        self, messages: trio.MemoryReceiveChannel[list[Message]], on_message: OnMessage
+    ) -> str:
+        """Hand everything decoded so far to the node as one batch, in order.
+
+        While the node applies one batch, the reader goes on decrypting and
+        decoding the next (and the node then takes all of it at once).
+        """
+        async for batch in messages:
+            while True:
+                try:
+                    batch.extend(messages.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                if len(batch) >= DISPATCH_MAX:
+                    break
+            await on_message(self, batch)
+        return self._eof  # the reader reached the end of the stream
 
     async def _writer(self) -> str | None:
         while True:
