@@ -95,3 +95,22 @@ def test_real_disk_knows_its_own_writes_from_later_edits(tmp_path: Path) -> None
     with open(target, "ab") as fh:  # a user appends after our write
         fh.write(b" and theirs")
     assert not disk.is_own(target)
+
+
+def test_real_disk_forgets_old_notes_of_its_own_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncron_p2p.node import disk as disk_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(disk_module.time, "monotonic", lambda: clock[0])
+    disk = RealDisk(tmp_path)
+    for name in ("old.txt", "new.txt"):
+        key = blake3.blake3(name.encode()).hexdigest()
+        disk.temp_write(key, 0, name.encode())
+        disk.install_file(name, key, len(name), 0o644, None)
+        clock[0] += disk_module.OWN_TTL + 1
+    # the note about old.txt is gone (memory stays bounded after a bulk
+    # transfer); the newest one is kept until a later write ages it out
+    assert not disk.is_own(str(tmp_path / "old.txt"))
+    assert disk.is_own(str(tmp_path / "new.txt"))

@@ -42,7 +42,8 @@ from syncron_p2p.sync.disk import (
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _TEMP_KEY = re.compile(r"[0-9a-f]{1,128}")
-OWN_WRITES = 65536  # own writes remembered for the watcher (oldest forgotten first)
+OWN_WRITES = 65536  # own writes remembered for the watcher (oldest forgotten first) ...
+OWN_TTL = 30.0  # ... and for at most this many seconds
 PENDING_WAIT = 0.25  # seconds an event waits for a change in progress to be noted
 
 
@@ -58,7 +59,7 @@ class RealDisk:
         self._dirty: set[str] = set()  # directories with entries not yet durable
         # What our own writes left at each (absolute) path, newest last: the
         # watcher's events for them are not changes (see is_own).
-        self._own: dict[str, Observation | None] = {}
+        self._own: dict[str, tuple[Observation | None, float]] = {}
         self._pending: dict[str, float] = {}  # path -> when we began changing it
 
     # ------------------------------------------------------------ helpers
@@ -287,11 +288,17 @@ class RealDisk:
         self._pending[p] = time.monotonic()
 
     def _mine(self, p: str, obs: Observation | None) -> None:
+        now = time.monotonic()
         own = self._own
         own.pop(p, None)
-        own[p] = obs
-        if len(own) > OWN_WRITES:
-            del own[next(iter(own))]
+        own[p] = (obs, now)
+        # Events come within milliseconds of the write: forget old notes, so a
+        # bulk transfer does not leave one per file behind (memory).
+        while own:
+            oldest = next(iter(own))
+            if len(own) <= OWN_WRITES and now - own[oldest][1] <= OWN_TTL:
+                break
+            del own[oldest]
         self._pending.pop(p, None)
 
     def is_own(self, p: str) -> bool:
@@ -309,7 +316,7 @@ class RealDisk:
                 break
             time.sleep(0.001)
         try:
-            expected = self._own[p]
+            expected, _ = self._own[p]
         except KeyError:
             return False
         try:
