@@ -208,6 +208,7 @@ class Engine:
         self._next_anti_entropy: float | None = None
         self._next_heartbeat: float | None = None
         self._out: list[Effect] = []
+        self._wanting: dict[str, None] = {}  # paths of jobs with blocks to request
         self._ready: list[Job] = []  # all blocks at hand: installed together (_install_due)
         self._ready_since = 0.0  # when the oldest of them became ready
         self._outbox: list[tuple[Record, str]] = []  # (stored record, peer not to tell)
@@ -291,9 +292,11 @@ class Engine:
             job = self.jobs.get(job_path)
             if job is not None:
                 job.inflight.pop(idx, None)
+                self._want(job)
         for job in self.jobs.values():
             if peer in job.sources:
                 job.sources.remove(peer)
+                self._check_stalled(job)
         for _, sources in self.queue.values():
             sources.discard(peer)
 
@@ -495,6 +498,8 @@ class Engine:
             job = self.jobs[rec.path]
             if job.target.content_hash == rec.content_hash and peer not in job.sources:
                 job.sources.append(peer)
+                job.stalled_since = None
+                self._want(job)
             if not job.target.version.dominates(rec.version):
                 self.retry[rec.path] = (self._now + self.timing.retry_delay, rec, peer)
             return
@@ -687,6 +692,16 @@ class Engine:
             self._ready_job(job)
             return
         self.jobs[target.path] = job
+        self._want(job)
+        self._check_stalled(job)
+
+    def _want(self, job: Job) -> None:
+        """``job`` may have blocks to request (see :meth:`_request_blocks`)."""
+        self._wanting[job.target.path] = None
+
+    def _check_stalled(self, job: Job) -> None:
+        if not job.sources and not job.inflight and job.stalled_since is None:
+            job.stalled_since = self._now
 
     def _ready_job(self, job: Job) -> None:
         """Everything for ``job`` is at hand: install it with its batch."""
@@ -729,7 +744,14 @@ class Engine:
                 self._finish(job)
 
     def _request_blocks(self) -> None:
-        if not self.jobs:
+        """Fill each peer's window with requests for blocks of waiting jobs.
+
+        Only jobs in ``_wanting`` are visited (those with blocks not yet
+        requested); a job leaves it once every missing block is in flight and
+        comes back when a request fails, so a full transfer costs O(blocks),
+        not O(jobs) per arriving block.
+        """
+        if not self._wanting:
             return
         window = self.timing.block_window
         for peer, state in self.peers.items():
@@ -739,7 +761,11 @@ class Engine:
             room = WINDOW_BYTES - state.inflight_bytes
             if free <= 0 or room <= 0:
                 continue
-            for job in list(self.jobs.values()):
+            for path in list(self._wanting):
+                job = self.jobs.get(path)
+                if job is None or len(job.inflight) >= len(job.missing):
+                    del self._wanting[path]  # nothing (more) to ask for
+                    continue
                 if peer not in job.sources:
                     continue
                 for idx, block in job.missing.items():
@@ -766,9 +792,6 @@ class Engine:
                     free -= 1
                 if free <= 0 or room <= 0:
                     break
-        for job in self.jobs.values():
-            if not job.sources and not job.inflight and job.stalled_since is None:
-                job.stalled_since = self._now
 
     def _on_block(self, peer: str, state: PeerState, rid: int, data: bytes | None) -> None:
         entry = state.blocks.pop(rid, None)
@@ -784,8 +807,11 @@ class Engine:
         if data is None:
             if peer in job.sources:
                 job.sources.remove(peer)
+            self._want(job)
+            self._check_stalled(job)
             return
         if len(data) != block.size or blake3.blake3(data).digest() != block.hash:
+            self._want(job)
             self.stats["rejected"] += 1
             self._notice("rejected", path, f"peer {peer} sent a block that fails its hash")
             self._close(peer, "block does not match its hash")
@@ -1106,6 +1132,7 @@ class Engine:
                     job = self.jobs.get(path)
                     if job is not None:
                         job.inflight.pop(idx, None)
+                        self._want(job)
             if state.requests and all(now - t > timeout for t in state.requests.values()):
                 state.requests.clear()
                 state.descent = None
