@@ -342,6 +342,7 @@ class RealDisk:
             try:
                 st = os.lstat(current)
             except FileNotFoundError:
+                self._begin(current)
                 os.mkdir(current, 0o755)
                 self._dirty.add(os.path.dirname(current))
                 self._mine(current, Observation(EntryType.DIRECTORY))
