@@ -119,13 +119,19 @@ def tree(folder: Path) -> dict[str, tuple[str, Any]]:
         for name in dirnames + filenames:
             p = Path(dirpath) / name
             rel = p.relative_to(folder).as_posix()
-            st = p.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", None)
-            else:
-                out[rel] = ("file", (p.read_bytes(), bool(st.st_mode & stat.S_IXUSR)))
+            try:
+                st = p.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    out[rel] = ("link", os.readlink(p))
+                elif stat.S_ISDIR(st.st_mode):
+                    out[rel] = ("dir", None)
+                else:
+                    out[rel] = ("file", (p.read_bytes(), bool(st.st_mode & stat.S_IXUSR)))
+            except (FileNotFoundError, NotADirectoryError):
+                # A running node moved it between the listing and the look
+                # (a conflict copy set aside before the winner lands): the
+                # snapshot is simply incomplete, and callers poll again.
+                out[rel] = ("vanished", None)
     return out
 
 
