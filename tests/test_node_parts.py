@@ -301,3 +301,32 @@ async def test_watcher_ignores_the_nodes_own_writes_but_not_a_later_edit(tmp_pat
             nursery.cancel_scope.cancel()
     finally:
         await watcher.stop()
+
+
+async def test_bulk_transfer_pauses_the_watcher_and_misses_no_local_edit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncron_p2p.node import runner
+
+    monkeypatch.setattr(runner, "BULK_BACKLOG", 50)
+    ma, mb = _pair(tmp_path)
+    for i in range(600):
+        (ma.folder / f"d{i % 6}").mkdir(exist_ok=True)
+        (ma.folder / f"d{i % 6}" / f"f{i}.txt").write_text(f"file {i}\n")
+    a = Node(ma, _config(ma.folder))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert a.listen_address is not None
+        config = _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])])
+        config.scan_interval = 3600.0  # only the watcher or the post-bulk scan can find edits
+        b = Node(mb, config)
+        await nursery.start(b.run)
+        await until(lambda: b._bulk, 30)  # the transfer paused b's watcher
+        (mb.folder / "edited-during-bulk.txt").write_text("made while unwatched\n")
+        await until(lambda: (ma.folder / "edited-during-bulk.txt").exists(), 60)
+        await until(lambda: not b._bulk and bool(b.watcher and b.watcher._watches), 30)
+        assert len(list((mb.folder / "d0").iterdir())) == 100
+        (mb.folder / "after.txt").write_text("the watcher is back\n")
+        await until(lambda: (ma.folder / "after.txt").exists(), 10)
+        await a.stop()
+        await b.stop()

@@ -81,6 +81,7 @@ CONNECT_TIMEOUT = 5.0
 MAX_BACKOFF = 30.0
 STABLE_CONNECTION = 30.0  # a connection that lasted this long resets the backoff
 HOT_DIRS = 4096
+BULK_BACKLOG = 1024  # queued + active remote files that pause the watcher
 APPLIED_LINES = 20  # "updated PATH" log lines per second before summarising
 
 
@@ -145,6 +146,8 @@ class Node:
         self._dirty_all = False
         self._dirty_event = trio.Event()
         self._rebrowse = trio.Event()
+        self._bulk = False  # a bulk transfer paused the watcher
+        self._bulk_event = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self.watcher: Watcher | None = None
@@ -230,6 +233,9 @@ class Node:
             now = trio.current_time()
             effects = await trio.to_thread.run_sync(self._handle_many, events, now)
             waits = self._execute(effects)
+            backlog = len(self.engine.queue) + len(self.engine.jobs)
+        if (backlog >= BULK_BACKLOG) != self._bulk:
+            self._bulk_event.set()
         for conn in waits:
             if conn.peer_id != origin:
                 await conn.wait_writable()
@@ -367,6 +373,35 @@ class Node:
         while True:
             await trio.sleep(self._scan_interval() * rng.uniform(0.8, 1.2))
             self._mark_dirty(None)
+
+    async def _bulk_watch(self, watcher: Watcher) -> None:
+        """Pause the watcher during a bulk transfer; resume it and rescan after.
+
+        Applying thousands of files makes inotify report each of them, and
+        watchdog's Python threads spend nearly as much CPU on those events
+        (all of them our own writes) as the engine spends applying. While
+        more work is queued than BULK_BACKLOG, nothing is watched; when the
+        work drains, the watches come back first and a full scan follows,
+        which finds any edit made meanwhile. Nothing is at risk in between:
+        an install never replaces a file that is not what the index says.
+        """
+        while True:
+            await self._bulk_event.wait()
+            self._bulk_event = trio.Event()
+            async with self.lock:
+                backlog = len(self.engine.queue) + len(self.engine.jobs)
+                dirs = None
+                if backlog < BULK_BACKLOG and self._bulk:
+                    dirs = await trio.to_thread.run_sync(self._directories)
+            if backlog >= BULK_BACKLOG and not self._bulk:
+                self._bulk = True
+                log.info("bulk transfer: watching paused until it is done")
+                await watcher.pause()
+            elif dirs is not None:
+                self._bulk = False
+                await watcher.rewatch(dirs, self._hot_order())
+                log.info("bulk transfer done: watching again, rescanning everything")
+                self._mark_dirty(None)
 
     async def _watch_batches(self, watcher: Watcher) -> None:
         send, receive = trio.open_memory_channel[list[str] | None](16)
@@ -738,6 +773,7 @@ class Node:
         self.watcher = watcher
         if watcher.active:
             nursery.start_soon(self._watch_batches, watcher)
+            nursery.start_soon(self._bulk_watch, watcher)
 
     def _directories(self) -> list[str]:
         return [r.path for r in self.index.all() if r.type == EntryType.DIRECTORY and not r.deleted]

@@ -240,6 +240,19 @@ class Watcher:
             mode = "the whole tree" if recursive else f"{len(wanted)} busiest directories"
             log.debug("watching %s (budget %d)", mode, self.budget)
 
+    async def pause(self) -> None:
+        """Drop every watch (the observer keeps running); :meth:`rewatch` resumes."""
+        observer = self._observer
+        if observer is None:
+            return
+
+        def drop() -> None:
+            observer.unschedule_all()
+            self._watches.clear()
+
+        await trio.to_thread.run_sync(drop)
+        log.debug("watching paused")
+
     def _degrade(self, exc: OSError) -> None:
         self.active = False
         self.degraded = True
