@@ -21,6 +21,7 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -134,6 +135,9 @@ class Watcher:
     ) -> None:
         self.root = root
         self.is_own = is_own  # absolute path -> caused by our own write?
+        # rewatch() and pause() run in worker threads, possibly at once (a full
+        # scan ending while a bulk transfer begins): one re-plan at a time.
+        self._plan_lock = threading.Lock()
         self._prefix = str(root).rstrip("/") + "/"
         self.budget = budget if budget is not None else default_budget()
         self.debounce = debounce
@@ -217,19 +221,20 @@ class Watcher:
         handler = _Handler(self)
 
         def apply() -> None:
-            if recursive != self._recursive:
-                observer.unschedule_all()
-                self._watches.clear()
-                self._recursive = recursive
-            for d in list(self._watches):
-                if d not in wanted:
-                    observer.unschedule(self._watches.pop(d))
-            for d in wanted:
-                if d not in self._watches:
-                    path = str(self.root / d) if d else str(self.root)
-                    self._watches[d] = observer.schedule(
-                        handler, path, recursive=recursive, event_filter=_event_filter()
-                    )
+            with self._plan_lock:
+                if recursive != self._recursive:
+                    observer.unschedule_all()
+                    self._watches.clear()
+                    self._recursive = recursive
+                for d in list(self._watches):
+                    if d not in wanted:
+                        observer.unschedule(self._watches.pop(d))
+                for d in wanted:
+                    if d not in self._watches:
+                        path = str(self.root / d) if d else str(self.root)
+                        self._watches[d] = observer.schedule(
+                            handler, path, recursive=recursive, event_filter=_event_filter()
+                        )
 
         try:
             await trio.to_thread.run_sync(apply)
@@ -247,8 +252,9 @@ class Watcher:
             return
 
         def drop() -> None:
-            observer.unschedule_all()
-            self._watches.clear()
+            with self._plan_lock:
+                observer.unschedule_all()
+                self._watches.clear()
 
         await trio.to_thread.run_sync(drop)
         log.debug("watching paused")
