@@ -112,33 +112,20 @@ def canonical(record: Record) -> bytes:
     same bytes: msgpack writes tuples as arrays). ``tests/test_records.py``
     pins the bytes.
     """
+    fields: tuple[object, ...] = (
+        record.path,
+        int(record.type),
+        record.size,
+        record.mode,
+        record.content_hash,
+        record.deleted,
+        record.target,
+        record.origin,
+        record.origin_sum,
+        record.version.entries,
+    )
     if record.sealed:
-        fields: tuple[object, ...] = (
-            record.path,
-            int(record.type),
-            record.size,
-            record.mode,
-            record.content_hash,
-            record.deleted,
-            record.target,
-            record.origin,
-            record.origin_sum,
-            record.version.entries,
-            True,
-        )
-    else:
-        fields = (
-            record.path,
-            int(record.type),
-            record.size,
-            record.mode,
-            record.content_hash,
-            record.deleted,
-            record.target,
-            record.origin,
-            record.origin_sum,
-            record.version.entries,
-        )
+        fields += (True,)
     packed: bytes = _Packer(use_bin_type=True, buf_size=_PACK_BUFFER).pack(fields)
     return packed
 
