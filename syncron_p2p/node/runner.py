@@ -233,7 +233,7 @@ class Node:
             now = trio.current_time()
             effects = await trio.to_thread.run_sync(self._handle_many, events, now)
             waits = self._execute(effects)
-            backlog = len(self.engine.queue) + len(self.engine.jobs)
+            backlog = self._backlog()
         if (backlog >= BULK_BACKLOG) != self._bulk:
             self._bulk_event.set()
         for conn in waits:
@@ -374,6 +374,10 @@ class Node:
             await trio.sleep(self._scan_interval() * rng.uniform(0.8, 1.2))
             self._mark_dirty(None)
 
+    def _backlog(self) -> int:
+        """Remote files queued or in progress (call with the lock held)."""
+        return len(self.engine.queue) + len(self.engine.jobs)
+
     async def _bulk_watch(self, watcher: Watcher) -> None:
         """Pause the watcher during a bulk transfer; resume it and rescan after.
 
@@ -389,7 +393,7 @@ class Node:
             await self._bulk_event.wait()
             self._bulk_event = trio.Event()
             async with self.lock:
-                backlog = len(self.engine.queue) + len(self.engine.jobs)
+                backlog = self._backlog()
                 dirs = None
                 if backlog < BULK_BACKLOG and self._bulk:
                     dirs = await trio.to_thread.run_sync(self._directories)
