@@ -51,6 +51,24 @@ def validate(rel: str) -> str:
         raise UnsafePathError("path is not text")
     if rel == "":
         raise UnsafePathError("empty path")
+    if rel.isascii() and rel.isprintable():
+        # The common case, cheaply: no NUL or control characters, already NFC,
+        # one byte per character. Same verdicts as the general checks below.
+        if "\\" in rel or rel[0] == "/" or len(rel) > MAX_PATH_BYTES:
+            return _validate_general(rel)
+        if len(rel) > 2 and rel[1] == ":" and rel[0].isalpha():
+            return _validate_general(rel)
+        parts = rel.split("/")
+        if len(parts) > MAX_DEPTH or parts[0] == STATE_DIR:
+            return _validate_general(rel)
+        for part in parts:
+            if part in ("", ".", "..") or len(part) > MAX_NAME_BYTES:
+                return _validate_general(rel)
+        return rel
+    return _validate_general(rel)
+
+
+def _validate_general(rel: str) -> str:
     if "\x00" in rel:
         raise UnsafePathError(f"NUL byte in path {rel!r}")
     if "\\" in rel:
@@ -150,6 +168,23 @@ def parent(rel: str) -> str:
     """The parent of a relative path; ``""`` for a top-level entry."""
     head, _, _ = rel.rpartition("/")
     return head
+
+
+def safe_join_str(root: str, rel: str) -> str:
+    """:func:`safe_join` on plain strings (the hot path of installs)."""
+    validate(rel)
+    parts = rel.split("/")
+    current = root
+    for part in parts[:-1]:
+        current = f"{current}/{part}"
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return f"{root}/{rel}"  # nothing exists further down: no symlink in the way
+        if not stat.S_ISDIR(mode):
+            kind = "symlink" if stat.S_ISLNK(mode) else "non-directory"
+            raise UnsafePathError(f"{rel!r} goes through a {kind} at {part!r}")
+    return f"{root}/{rel}"
 
 
 def safe_join(root: Path, rel: str) -> Path:

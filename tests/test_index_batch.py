@@ -39,3 +39,21 @@ def test_failed_batch_stores_nothing_and_restores_the_tree(tmp_path: Path) -> No
         index.put([mint("after", EntryType.FILE, None, index.actor)])
     with Index.open(tmp_path, "node") as again:
         assert [r.path for r in again.all()] == ["after", "keep"]
+
+
+def test_puts_in_a_batch_drop_the_scanner_summaries_of_their_directories(
+    tmp_path: Path,
+) -> None:
+    summary = (b"\x01" * 32, 1, 0, 10)
+    with Index.open(tmp_path, "node") as index:
+        index.set_dir_summaries([("d", summary), ("other", summary)])
+        with index.batch():
+            index.put([mint("d/new.txt", EntryType.FILE, None, index.actor)])
+            assert index.dir_summary("d") is None  # a read inside sees it gone
+            index.put([mint("d/more.txt", EntryType.FILE, None, index.actor)])
+        assert index.dir_summary("d") is None
+        assert index.dir_summary("other") == summary
+    with Index.open(tmp_path, "node") as again:
+        assert again.dir_summary("d") is None
+        assert again.dir_summary("other") == summary
+        assert again.last_sequence == 2

@@ -7,6 +7,8 @@ node's merkle root depends on these bytes, so no optimisation may change one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import blake3
 import msgpack
 import pytest
@@ -22,6 +24,7 @@ from syncron_p2p.index.records import (
     canonical,
     entry_digest,
     tombstone,
+    with_local,
 )
 from syncron_p2p.index.versions import VersionVector
 
@@ -241,3 +244,13 @@ def test_canonical_is_byte_for_byte_the_original_encoding(record: Record) -> Non
     assert canonical(record) == reference
     expected = blake3.blake3(b"syncron-entry-v1\x00" + reference).digest()
     assert entry_digest(record) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(_records_st, st.integers(0, 2**40), st.booleans())
+def test_with_local_is_replace_of_the_local_facts(record: Record, seq: int, fp: bool) -> None:
+    fingerprint = StatFingerprint(seq, seq + 1, seq + 2, seq + 3) if fp else None
+    fast = with_local(record, seq, fingerprint)
+    slow = dataclasses.replace(record, sequence=seq, fingerprint=fingerprint)
+    assert fast == slow
+    assert fast.fingerprint == slow.fingerprint  # (not part of ==)

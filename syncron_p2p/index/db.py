@@ -46,7 +46,6 @@ import contextlib
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,7 @@ from syncron_p2p.index.records import (
     Record,
     StatFingerprint,
     entry_digest,
+    with_local,
 )
 from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.paths import parent
@@ -209,6 +209,9 @@ class Index:
     def __init__(self, conn: sqlite3.Connection, node_id: str) -> None:
         self._conn = conn
         self.node_id = node_id
+        # Inside batch(): parents whose scanner summaries the commit must drop
+        # (with the sequence counter, written once per batch, not per put).
+        self._batch_parents: set[str] | None = None
         self.epoch = self._meta("epoch") or ""
         self.actor = f"{node_id}.{self.epoch}"
         self._next_seq = int(self._meta("next_sequence") or "1")
@@ -262,6 +265,8 @@ class Index:
     # --------------------------------------------------------------- reads
 
     def get(self, path: str) -> Record | None:
+        if path not in self.merkle:
+            return None  # the tree holds every stored path: no query for a new one
         row = self._conn.execute(f"SELECT {_COLUMNS} FROM records WHERE path=?", (path,)).fetchone()
         return None if row is None else _row_to_record(row)
 
@@ -308,6 +313,18 @@ class Index:
     def all(self) -> Iterator[Record]:
         return self.in_range(None, None)
 
+    def live_directories(self) -> list[str]:
+        """Paths of the live directory records (no record decoded)."""
+        rows = self._conn.execute("SELECT path FROM records WHERE type=1 AND deleted=0")
+        return [str(r[0]) for r in rows]
+
+    def count_live_containing(self, text: str) -> int:
+        """How many live records have ``text`` in their path (no record decoded)."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM records WHERE deleted=0 AND instr(path, ?) > 0", (text,)
+        ).fetchone()
+        return int(row[0])
+
     def with_content(self, content_hash: bytes, limit: int = 8) -> list[Record]:
         """Live files whose content hash is ``content_hash`` (for block reuse)."""
         rows = self._conn.execute(
@@ -340,7 +357,11 @@ class Index:
         sequence number and only get their stat fingerprint updated.
         """
         batch = list(records)
-        return [_with_sequence(rec, seq) for rec, seq in zip(batch, self.store(batch), strict=True)]
+        # No savepoint inside a batch: a failure there ends the whole batch
+        # (see batch()), so a per-put savepoint would only cost SQLite a
+        # statement-journal copy of every page each put touches.
+        sequences = self.store(batch, atomic=False)
+        return [_with_sequence(rec, seq) for rec, seq in zip(batch, sequences, strict=True)]
 
     def store(self, records: Iterable[Record], *, atomic: bool = True) -> list[int]:
         """:meth:`put`, returning only the sequence number each record got.
@@ -403,14 +424,29 @@ class Index:
                 )
                 merkle_changes.append((path, digest))
                 sequences.append(seq)
-            if inserts:
+            if len(inserts) == 1:
+                cur.execute(_INSERT, inserts[0])
+            elif inserts:
                 cur.executemany(_INSERT, inserts)
-            _drop_summaries(cur, parents)
-            cur.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (str(self._next_seq),)
-            )
+            if self._batch_parents is not None:
+                # Inside batch(): written once, when the batch commits.
+                self._batch_parents.update(parents)
+            else:
+                self._finish_writes(cur, parents)
         self.merkle.update(merkle_changes)
         return sequences
+
+    def _finish_writes(self, cur: sqlite3.Cursor, parents: Iterable[str]) -> None:
+        """What every write to ``records`` ends with (per transaction)."""
+        _drop_summaries(cur, parents)
+        cur.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('next_sequence', ?)", (str(self._next_seq),)
+        )
+
+    def _flush_batch_writes(self) -> None:
+        if self._batch_parents:
+            parents, self._batch_parents = self._batch_parents, set()
+            self._finish_writes(self._conn.cursor(), parents)
 
     def forget(self, paths: Iterable[str]) -> None:
         """Remove records entirely (tombstone collection, once causally stable)."""
@@ -440,6 +476,7 @@ class Index:
 
     def dir_summary(self, directory: str) -> DirSummary | None:
         """The scanner's stored summary of ``directory`` (see ``scan_dirs``), if any."""
+        self._flush_batch_writes()
         row = self._conn.execute(
             "SELECT summary, files, symlinks, bytes FROM scan_dirs WHERE dir=?", (directory,)
         ).fetchone()
@@ -455,6 +492,7 @@ class Index:
         rows = list(items)
         if not rows:
             return
+        self._flush_batch_writes()  # earlier puts drop summaries before these are set
         with self._transaction() as cur:
             cur.executemany(
                 "INSERT OR REPLACE INTO scan_dirs VALUES (?,?,?,?,?)",
@@ -485,8 +523,9 @@ class Index:
     def batch(self) -> Iterator[None]:
         """Group every write inside into one transaction, committed at the end.
 
-        Reads inside see the writes; each :meth:`put` still succeeds or fails
-        as a whole (a savepoint). The node wraps one engine batch in this, so
+        Reads inside see the writes. A write that fails inside must end the
+        batch (let the exception out): puts take no savepoint of their own.
+        The node wraps one engine batch in this, so
         a burst of applied files costs one commit, not one per file. If the
         block raises, nothing of it is stored and the merkle tree is rebuilt
         from the database. Nested use joins the outer batch.
@@ -495,12 +534,16 @@ class Index:
             yield
             return
         self._conn.execute("BEGIN IMMEDIATE")
+        self._batch_parents = set()
         try:
             yield
+            self._flush_batch_writes()
         except BaseException:
+            self._batch_parents = None
             self._conn.execute("ROLLBACK")
             self._reload()
             raise
+        self._batch_parents = None
         self._conn.execute("COMMIT")
 
     def _reload(self) -> None:
@@ -551,7 +594,7 @@ def _drop_summaries(cur: sqlite3.Cursor, directories: Iterable[str]) -> None:
 
 
 def _with_sequence(rec: Record, seq: int) -> Record:
-    return replace(rec, sequence=seq)
+    return with_local(rec, seq, rec.fingerprint)
 
 
 def _migrate(conn: sqlite3.Connection, node_id: str) -> None:

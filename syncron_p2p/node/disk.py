@@ -31,7 +31,7 @@ import blake3
 from syncron_p2p.errors import UnsafePathError
 from syncron_p2p.folder import TMP_DIR
 from syncron_p2p.index.records import Block, EntryType, StatFingerprint
-from syncron_p2p.paths import STATE_DIR, safe_join
+from syncron_p2p.paths import STATE_DIR, safe_join_str
 from syncron_p2p.sync.disk import (
     DiskFailure,
     LocalChanged,
@@ -55,6 +55,9 @@ class RealDisk:
         self.tmp = root / STATE_DIR / TMP_DIR
         self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._tmp_prefix = str(self.tmp) + "/"
+        self._root = str(root)
+        # temp key -> bytes written from offset 0 on without a gap, by us
+        self._written: dict[str, int] = {}
         self._synced: set[str] = set()  # temps whose content is durable
         self._dirty: set[str] = set()  # directories with entries not yet durable
         # What our own writes left at each (absolute) path, newest last: the
@@ -70,7 +73,7 @@ class RealDisk:
 
     def _path(self, rel: str) -> str:
         try:
-            return str(safe_join(self.root, rel))
+            return safe_join_str(self._root, rel)
         except UnsafePathError as exc:
             # A symlink or file now sits where a directory was: the disk changed.
             raise ParentNotDirectory(str(exc)) from None
@@ -140,6 +143,10 @@ class RealDisk:
 
     def temp_write(self, key: str, offset: int, data: bytes) -> None:
         self._synced.discard(key)
+        if offset == self._written.get(key, 0):
+            self._written[key] = offset + len(data)
+        else:
+            self._written.pop(key, None)  # a gap, or rewritten: size unknown
         try:
             fd = os.open(self._temp(key), os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o600)
             try:
@@ -168,6 +175,7 @@ class RealDisk:
 
     def temp_discard(self, key: str) -> None:
         self._synced.discard(key)
+        self._written.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp(key))
 
@@ -179,24 +187,34 @@ class RealDisk:
         temp = self._temp(key)
         target = self._path(path)
         with _failing(f"cannot install {path}"):
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
-            try:
-                st = os.fstat(fd)
-                if st.st_size != size:
-                    os.ftruncate(fd, size)
-                    self._synced.discard(key)
-                if stat.S_IMODE(st.st_mode) != mode & 0o777:
-                    os.fchmod(fd, mode & 0o777)
-                if key not in self._synced:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            if self._written.get(key) == size and key in self._synced:
+                # We wrote all of it in one go and it is already durable (the
+                # batch flush): only the mode is left to set.
+                os.chmod(temp, mode & 0o777)  # our private temp dir (0700)
+            else:
+                self._prepare_temp(key, temp, size, mode)
             self._check(path, target, expect)
             self._begin(target)
             self._clear(path, target, expect, keep_file=True)
             self._place(path, target, lambda: os.replace(temp, target))
             self._synced.discard(key)
+            self._written.pop(key, None)
         return self._observed(path, target)
+
+    def _prepare_temp(self, key: str, temp: str, size: int, mode: int) -> None:
+        """Give temp ``key`` its final size and mode, and make it durable."""
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
+        try:
+            st = os.fstat(fd)
+            if st.st_size != size:
+                os.ftruncate(fd, size)
+                self._synced.discard(key)
+            if stat.S_IMODE(st.st_mode) != mode & 0o777:
+                os.fchmod(fd, mode & 0o777)
+            if key not in self._synced:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def install_dir(self, path: str, expect: Observation | None) -> Observation:
         target = self._path(path)
