@@ -10,8 +10,15 @@ import pytest
 from meshnet import MeshNet
 
 from syncron_p2p.node.disk import RealDisk
-from syncron_p2p.protocol.messages import NodeRequest, RangeRequest, Root
-from syncron_p2p.sync.effects import Received, Send
+from syncron_p2p.protocol.messages import (
+    INLINE_FEATURE,
+    NodeRequest,
+    RangeRequest,
+    Records,
+    Root,
+)
+from syncron_p2p.sync import engine as engine_module
+from syncron_p2p.sync.effects import Effect, Received, Send, Tick
 from syncron_p2p.sync.engine import MAX_ACTIVE_JOBS
 
 FILES = 300
@@ -37,7 +44,12 @@ def test_an_initial_sync_installs_files_in_batches() -> None:
     assert disk.temp_syncs <= FILES // 50  # ... in a few batches, not one flush per file
 
 
-def test_roots_arriving_mid_transfer_do_not_restart_the_descent() -> None:
+def test_roots_arriving_mid_transfer_do_not_restart_the_descent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Contents not held inline: the work waits on block transfers (as big
+    # files do), so more is queued than there are job slots.
+    monkeypatch.setattr(engine_module, "INLINE_HELD", 0)
     net = MeshNet(2, seed=5, shuffle=False)
     files = MAX_ACTIVE_JOBS + 200
     _fill(net, files)
@@ -114,3 +126,92 @@ def test_real_disk_forgets_old_notes_of_its_own_writes(
     # transfer); the newest one is kept until a later write ages it out
     assert not disk.is_own(str(tmp_path / "old.txt"))
     assert disk.is_own(str(tmp_path / "new.txt"))
+
+
+# ------------------------------------------------- content inline with records
+
+
+def test_small_files_arrive_with_their_records_not_as_block_requests() -> None:
+    net = MeshNet(2, seed=7)
+    _fill(net)
+    net.connect_all()
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)
+    stats = net.node(1).engine.stats
+    assert stats["blocks_inline"] == FILES
+    assert stats["blocks_remote"] == 0
+
+
+def test_without_the_feature_small_files_come_as_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from syncron_p2p.protocol import session
+
+    plain = tuple(f for f in session.FEATURES if f != INLINE_FEATURE)
+    monkeypatch.setattr(session, "FEATURES", plain)
+    net = MeshNet(2, seed=7)
+    _fill(net)
+    net.connect_all()
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)
+    stats = net.node(1).engine.stats
+    assert stats["blocks_inline"] == 0
+    assert stats["blocks_remote"] == FILES
+
+
+def test_local_edits_go_out_with_content_and_forwarded_ones_without() -> None:
+    net = MeshNet(3, seed=11, shuffle=False)
+    net.connect("node0", "node1")
+    net.connect("node1", "node2")  # a line: node2 hears of node0's edits through node1
+    net.run()
+    net.edit(0, lambda d: d.write("note.txt", b"written on node0"))  # type: ignore[attr-defined]
+    net.run()
+    assert net.converged()
+    assert net.files(2)["note.txt"] == b"written on node0"
+    assert net.node(1).engine.stats["blocks_inline"] == 1  # came with node0's announcement
+    assert net.node(1).engine.stats["blocks_remote"] == 0
+    # node1 forwards the record only: node2 might hold the content already
+    assert net.node(2).engine.stats["blocks_inline"] == 0
+    assert net.node(2).engine.stats["blocks_remote"] == 1
+
+
+def test_a_big_range_reply_is_spread_over_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "SERVE_PER_CALL", 40)
+    net = MeshNet(2, seed=3)
+    _fill(net, 100)
+    net.connect_all()
+    net.run()  # sessions up (and in sync); now a peer asks for everything again
+    sender = net.node(0).engine
+    expected = [r.path for r in net.node(0).index.all()]
+    now = net.now + 0.5
+
+    def replies(effects: list[Effect]) -> list[Records]:
+        out = [e.message for e in effects if isinstance(e, Send)]
+        return [m for m in out if isinstance(m, Records) and m.request_id == 99]
+
+    pages = replies(sender.handle(Received("node1", RangeRequest(99, None, None, 0)), now))
+    calls = 1
+    while sender.has_more():
+        assert sender.next_deadline() == now  # asks to be called again at once
+        pages += replies(sender.handle(Tick(), now))
+        calls += 1
+    assert calls == 3  # 100+ records, 40 per call
+    assert pages[-1].done
+    assert not any(p.done for p in pages[:-1])
+    served = [r.path for p in pages for r in p.records]
+    assert served == expected  # every record once, in order
+
+
+def test_starting_queued_work_is_capped_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "STARTS_PER_CALL", 50)
+    net = MeshNet(2, seed=5, shuffle=False)
+    _fill(net, 200)
+    net.connect_all()
+    receiver = net.node(1).engine
+    seen_more = False
+    while net.step():
+        seen_more = seen_more or receiver.has_more()
+    assert seen_more  # a page of 200 records is started over several calls
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)

@@ -63,6 +63,17 @@ def records(draw: st.DrawFn) -> Record:
     )
 
 
+inline_sizes = st.integers(0, codec.MAX_INLINE)
+
+
+@st.composite
+def records_messages(draw: st.DrawFn) -> Records:
+    recs = tuple(draw(st.lists(records(), max_size=3)))
+    chosen = sorted(draw(st.sets(st.integers(0, max(len(recs) - 1, 0)))) if recs else [])
+    inline = tuple((i, draw(st.binary(max_size=64))) for i in chosen)
+    return Records(draw(u), recs, draw(st.booleans()), inline)
+
+
 messages = st.one_of(
     st.builds(Hello, u, u, text, text, st.lists(text, max_size=3).map(tuple)),
     st.builds(Goodbye, text),
@@ -85,9 +96,9 @@ messages = st.one_of(
             max_size=3,
         ).map(tuple),
     ),
-    st.builds(RangeRequest, u, opt, opt),
-    st.builds(RecordRequest, u, st.lists(text, max_size=4).map(tuple)),
-    st.builds(Records, u, st.lists(records(), max_size=3).map(tuple), st.booleans()),
+    st.builds(RangeRequest, u, opt, opt, st.integers(0, codec.MAX_INLINE)),
+    st.builds(RecordRequest, u, st.lists(text, max_size=4).map(tuple), inline_sizes),
+    records_messages(),
     st.builds(BlockRequest, u, text, h32, u, st.integers(0, 1 << 20), h32),
     st.builds(BlockData, u, st.binary(max_size=300)),
     st.builds(BlockMissing, u),
@@ -183,3 +194,21 @@ def test_records_must_be_internally_consistent() -> None:
     wire[9] = [["b", 1], ["a", 1]]  # unsorted vector
     with pytest.raises(RemoteProtocolError, match="canonical"):
         codec.decode_body(msgpack.packb([10, body[0], [wire], True]))
+
+
+def test_optional_inline_fields_are_absent_unless_set() -> None:
+    """A peer without feature inline-content must get the original layouts."""
+    rec = Record("a", EntryType.DIRECTORY, 0, 0o755, b"\0" * 32, VersionVector.of({"x": 1}))
+    plain = [RangeRequest(1, None, "z"), RecordRequest(2, ("a",)), Records(3, (rec,), True)]
+    for msg, fields in zip(plain, (3, 2, 3), strict=True):
+        body = msgpack.unpackb(codec.encode(msg)[codec.HEADER :])
+        assert len(body) == 1 + fields
+    rich = [
+        RangeRequest(1, None, "z", 4096),
+        RecordRequest(2, ("a",), 4096),
+        Records(3, (rec,), True, ((0, b"data"),)),
+    ]
+    for msg, fields in zip(rich, (4, 3, 4), strict=True):
+        body = msgpack.unpackb(codec.encode(msg)[codec.HEADER :])
+        assert len(body) == 1 + fields
+        assert codec.decode_body(codec.encode(msg)[codec.HEADER :]) == msg

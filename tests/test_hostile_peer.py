@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import blake3
+import msgpack
 import pytest
 
 from syncron_p2p.config import Timing
@@ -246,3 +247,68 @@ def test_garbage_frames_raise_only_the_protocol_error() -> None:
                 pass
         except RemoteProtocolError:
             pass
+
+
+# ------------------------------------------------------------ inline content
+
+
+def test_inline_content_that_fails_its_hash_is_never_written(tmp_path: Path) -> None:
+    v = Victim(tmp_path)
+    root_before = v.index.merkle.root()
+    rec = record("sub/inline.txt", b"the real content")
+    v.send(Records(0, (record("ok.txt"), rec), True, ((1, b"the fake content"),)))
+    assert v.closed
+    assert not (v.root / "sub" / "inline.txt").exists()
+    assert not (v.root / "ok.txt").exists()  # nothing of that message is applied
+    assert v.index.merkle.root() == root_before
+    assert v.engine.stats["rejected"] == 1
+    v.assert_unharmed()
+
+
+@pytest.mark.parametrize(
+    "rec, data",
+    [
+        (record("d", kind=EntryType.DIRECTORY), b"x"),  # content for a directory
+        (record("s", kind=EntryType.SYMLINK, target="a"), b"a"),  # ... for a symlink
+        (record("short.txt", b"12345"), b"1234"),  # not the block's size
+        (record("big.bin", random.Random(2).randbytes(600_000)), b"x"),  # several blocks
+    ],
+    ids=["directory", "symlink", "size", "multi-block"],
+)
+def test_inline_content_that_does_not_fit_its_record_closes_the_channel(
+    tmp_path: Path, rec: Record, data: bytes
+) -> None:
+    v = Victim(tmp_path)
+    root_before = v.index.merkle.root()
+    v.send(Records(0, (rec,), True, ((0, data),)))
+    assert v.closed
+    assert v.index.merkle.root() == root_before
+    assert not (v.root / rec.path).exists()
+    v.assert_unharmed()
+
+
+def test_inline_content_is_installed_without_a_block_request(tmp_path: Path) -> None:
+    v = Victim(tmp_path)
+    data = b"small and inline"
+    effects = v.send(Records(0, (record("sub/inline.txt", data),), True, ((0, data),)))
+    assert not v.closed
+    assert not any(isinstance(m, BlockRequest) for m in v.sent(effects))
+    assert (v.root / "sub" / "inline.txt").read_bytes() == data
+    stored = v.index.get("sub/inline.txt")
+    assert stored is not None and stored.content_hash == blake3.blake3(data).digest()
+    assert v.engine.stats["blocks_inline"] == 1
+
+
+def test_malformed_inline_fields_are_protocol_errors() -> None:
+    rec = codec.encode_record(record("a.txt", b"abc"))
+    for inline in (
+        [[1, b"abc"]],  # index past the records
+        [[0, b"abc"], [0, b"abc"]],  # repeated index
+        [[0, "abc"]],  # not bytes
+        [[-1, b"abc"]],
+        [[0, b"x" * (codec.MAX_INLINE + 1)]],  # larger than any block
+        "not a list",
+    ):
+        body = msgpack.packb([10, 0, [rec], True, inline], use_bin_type=True)
+        with pytest.raises(RemoteProtocolError):
+            codec.decode_body(body)

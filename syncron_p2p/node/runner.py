@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -45,7 +46,6 @@ from syncron_p2p.config import Role, Timing
 from syncron_p2p.errors import UsageError
 from syncron_p2p.ids import node_id as node_id_of
 from syncron_p2p.index.db import Index
-from syncron_p2p.index.records import EntryType
 from syncron_p2p.index.scanner import Scanner, ScanResult
 from syncron_p2p.mesh import Mesh
 from syncron_p2p.node import control
@@ -82,6 +82,8 @@ MAX_BACKOFF = 30.0
 STABLE_CONNECTION = 30.0  # a connection that lasted this long resets the backoff
 HOT_DIRS = 4096
 BULK_BACKLOG = 1024  # queued + active remote files that pause the watcher
+BULK_RATE = 256  # ... or remote files applied within one BULK_WINDOW
+BULK_WINDOW = 1.0  # seconds
 APPLIED_LINES = 20  # "updated PATH" log lines per second before summarising
 
 
@@ -106,7 +108,7 @@ class NodeConfig:
 
 
 def count_conflicts(index: Index) -> int:
-    return sum(1 for r in index.all() if not r.deleted and CONFLICT_MARK in r.path)
+    return index.count_live_containing(CONFLICT_MARK)
 
 
 class Node:
@@ -148,6 +150,12 @@ class Node:
         self._rebrowse = trio.Event()
         self._bulk = False  # a bulk transfer paused the watcher
         self._bulk_event = trio.Event()
+        self._timers_wake = trio.Event()  # the engine has more to do at once
+        self._rate_since = 0.0  # start of the current BULK_WINDOW
+        self._rate_base = 0  # engine "applied" count at that start
+        self._rate_last = 0  # files applied in the previous window
+        self._counted = False  # a peer's record count announces a bulk transfer
+        self._bulk_counted = False  # ... and it did so when this pause began
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self.watcher: Watcher | None = None
@@ -233,8 +241,10 @@ class Node:
             now = trio.current_time()
             effects = await trio.to_thread.run_sync(self._handle_many, events, now)
             waits = self._execute(effects)
-            backlog = self._backlog()
-        if (backlog >= BULK_BACKLOG) != self._bulk:
+            bulk = self._bulk_due(now)
+            if self.engine.has_more():
+                self._timers_wake.set()
+        if bulk != self._bulk:
             self._bulk_event.set()
         for conn in waits:
             if conn.peer_id != origin:
@@ -305,14 +315,7 @@ class Node:
         dirs: list[str] | None = None
         conflicts: int | None = None
         if directories is None:
-            dirs, conflicts = [], 0
-            for rec in self.index.all():
-                if rec.deleted:
-                    continue
-                if rec.type == EntryType.DIRECTORY:
-                    dirs.append(rec.path)
-                if CONFLICT_MARK in rec.path:
-                    conflicts += 1
+            dirs, conflicts = self.index.live_directories(), count_conflicts(self.index)
         return result, effects, dirs, conflicts
 
     async def scan(self, directories: list[str] | None = None, *, initial: bool = False) -> int:
@@ -374,9 +377,40 @@ class Node:
             await trio.sleep(self._scan_interval() * rng.uniform(0.8, 1.2))
             self._mark_dirty(None)
 
-    def _backlog(self) -> int:
-        """Remote files queued or in progress (call with the lock held)."""
-        return len(self.engine.queue) + len(self.engine.jobs)
+    def _bulk_due(self, now: float) -> bool:
+        """Is a bulk transfer under way (call with the lock held)?
+
+        Much remote work is queued, or files are being applied fast (small
+        files that come with their content never queue up), or a peer holds
+        many more records than we do and the transfer is getting under way
+        (known from its first Root: the watches go before the first file
+        lands, sparing watchdog a flood of events for our own writes).
+        """
+        applied = self.engine.stats["applied"]
+        if now - self._rate_since >= BULK_WINDOW:
+            fresh = now - self._rate_since < 2 * BULK_WINDOW
+            self._rate_last = applied - self._rate_base if fresh else 0
+            self._rate_since, self._rate_base = now, applied
+        recent = max(self._rate_last, applied - self._rate_base)
+        backlog = len(self.engine.queue) + len(self.engine.jobs)
+        # A big difference only counts while something moves: a peer whose
+        # records we cannot take must not keep the watcher off for good.
+        moving = backlog > 0 or recent > 0 or self._descending()
+        self._counted = moving and self.engine.expected() >= BULK_BACKLOG
+        if backlog >= BULK_BACKLOG or self._counted:
+            return True
+        if self._bulk_counted:
+            # The count told how much was coming and nearly all of it is
+            # here: watch again for the tail, so the rescan that follows a
+            # pause overlaps the last files instead of coming after them
+            # (and do not pause again for the same transfer's rate).
+            if recent < BULK_RATE:
+                self._bulk_counted = False
+            return False
+        return recent >= BULK_RATE
+
+    def _descending(self) -> bool:
+        return any(s.descent is not None for s in self.engine.peers.values())
 
     async def _bulk_watch(self, watcher: Watcher) -> None:
         """Pause the watcher during a bulk transfer; resume it and rescan after.
@@ -384,21 +418,25 @@ class Node:
         Applying thousands of files makes inotify report each of them, and
         watchdog's Python threads spend nearly as much CPU on those events
         (all of them our own writes) as the engine spends applying. While
-        more work is queued than BULK_BACKLOG, nothing is watched; when the
+        a transfer is under way (``_bulk_due``), nothing is watched; when the
         work drains, the watches come back first and a full scan follows,
         which finds any edit made meanwhile. Nothing is at risk in between:
         an install never replaces a file that is not what the index says.
         """
         while True:
-            await self._bulk_event.wait()
+            # While paused, look again every window: the end of a transfer
+            # is the absence of further messages.
+            with trio.move_on_after(BULK_WINDOW if self._bulk else math.inf):
+                await self._bulk_event.wait()
             self._bulk_event = trio.Event()
             async with self.lock:
-                backlog = self._backlog()
+                bulk = self._bulk_due(trio.current_time())
                 dirs = None
-                if backlog < BULK_BACKLOG and self._bulk:
+                if not bulk and self._bulk:
                     dirs = await trio.to_thread.run_sync(self._directories)
-            if backlog >= BULK_BACKLOG and not self._bulk:
+            if bulk and not self._bulk:
                 self._bulk = True
+                self._bulk_counted = self._counted
                 log.info("bulk transfer: watching paused until it is done")
                 await watcher.pause()
             elif dirs is not None:
@@ -418,11 +456,22 @@ class Node:
 
     async def _timers(self) -> None:
         while True:
+            self._timers_wake = trio.Event()  # before looking: no wake-up is lost
             async with self.lock:
                 deadline = self.engine.next_deadline()
+                more = self.engine.has_more()
+            if more:
+                # A capped call left work (a big range reply, many files to
+                # start): go on now. Fed from here, not from a connection's
+                # task, the call waits for every connection to drain - the
+                # flow control that paces a long reply.
+                await trio.lowlevel.checkpoint()
+                await self.feed(Tick())
+                continue
             now = trio.current_time()
             target = now + 1.0 if deadline is None else min(deadline, now + 1.0)
-            await trio.sleep_until(max(target, now + 0.02))
+            with trio.move_on_at(max(target, now + 0.02)):
+                await self._timers_wake.wait()
             if deadline is not None and trio.current_time() >= deadline:
                 await self.feed(Tick())
 
@@ -780,7 +829,7 @@ class Node:
             nursery.start_soon(self._bulk_watch, watcher)
 
     def _directories(self) -> list[str]:
-        return [r.path for r in self.index.all() if r.type == EntryType.DIRECTORY and not r.deleted]
+        return self.index.live_directories()
 
     async def _start_discovery(self, nursery: trio.Nursery) -> None:
         assert self.listen_address is not None

@@ -42,6 +42,7 @@ MAX_BLOCK = 16 * 1024 * 1024
 MAX_STR = 8192
 MAX_ITEMS = 65536
 MAX_FILE_SIZE = 1 << 50
+MAX_INLINE = 1024 * 1024  # one inline content item (the largest block)
 HEADER = 4
 
 TYPE_IDS: dict[type, int] = {
@@ -111,12 +112,17 @@ def _body(msg: Message) -> list[Any]:
                     for n in msg.nodes
                 ],
             ]
+        # The optional trailing fields (feature "inline-content") are only
+        # written when set, so a peer without the feature never sees them.
         case RangeRequest():
-            return [msg.request_id, msg.start, msg.end]
+            return [msg.request_id, msg.start, msg.end, *([msg.inline] if msg.inline else [])]
         case RecordRequest():
-            return [msg.request_id, list(msg.paths)]
+            return [msg.request_id, list(msg.paths), *([msg.inline] if msg.inline else [])]
         case Records():
-            return [msg.request_id, [encode_record(r) for r in msg.records], msg.done]
+            body = [msg.request_id, [encode_record(r) for r in msg.records], msg.done]
+            if msg.inline:
+                body.append([[i, data] for i, data in msg.inline])
+            return body
         case BlockRequest():
             return [
                 msg.request_id,
@@ -250,6 +256,25 @@ def _vector(v: Any) -> VersionVector:
     return VersionVector(tuple(entries))
 
 
+def _inline(v: Any, count: int) -> tuple[tuple[int, bytes], ...]:
+    out = []
+    last = -1
+    for item in _list(v):
+        idx, data = _fields(item, 2)
+        idx = _int(idx, 0, count - 1)
+        if idx <= last:
+            raise _fail("inline content not in record order")
+        last = idx
+        out.append((idx, _bytes(data, limit=MAX_INLINE)))
+    return tuple(out)
+
+
+def _records(f: list[Any]) -> Records:
+    records = tuple(decode_record(x) for x in _list(f[1]))
+    inline = _inline(f[3], len(records)) if len(f) > 3 else ()
+    return Records(_int(f[0]), records, _bool(f[2]), inline)
+
+
 def _collected(v: Any) -> tuple[str, VersionVector]:
     path, vector = _fields(v, 2)
     return _str(path, 4096), _vector(vector)
@@ -276,9 +301,11 @@ def _node_ref(v: Any) -> tuple[int, str | None]:
     return _int(level, 1, 64), _opt_str(end)
 
 
-_DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
+# type id -> (field counts accepted, builder). A second count admits the
+# optional trailing field of feature "inline-content".
+_DECODERS: dict[int, tuple[tuple[int, ...], Callable[[list[Any]], Message]]] = {
     1: (
-        5,
+        (5,),
         lambda f: Hello(
             _int(f[0]),
             _int(f[1]),
@@ -287,20 +314,29 @@ _DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
             tuple(_str(x, 64) for x in _list(f[4], 64)),
         ),
     ),
-    2: (1, lambda f: Goodbye(_str(f[0], 1024))),
-    3: (1, lambda f: Ping(_int(f[0]))),
-    4: (1, lambda f: Pong(_int(f[0]))),
-    5: (2, lambda f: Root(_bytes(f[0], HASH_SIZE), _int(f[1]))),
-    6: (2, lambda f: NodeRequest(_int(f[0]), tuple(_node_ref(x) for x in _list(f[1], 1024)))),
-    7: (2, lambda f: NodeReply(_int(f[0]), tuple(_node_children(x) for x in _list(f[1], 1024)))),
-    8: (3, lambda f: RangeRequest(_int(f[0]), _opt_str(f[1]), _opt_str(f[2]))),
-    9: (2, lambda f: RecordRequest(_int(f[0]), tuple(_str(x, 4096) for x in _list(f[1], 4096)))),
-    10: (
-        3,
-        lambda f: Records(_int(f[0]), tuple(decode_record(x) for x in _list(f[1])), _bool(f[2])),
+    2: ((1,), lambda f: Goodbye(_str(f[0], 1024))),
+    3: ((1,), lambda f: Ping(_int(f[0]))),
+    4: ((1,), lambda f: Pong(_int(f[0]))),
+    5: ((2,), lambda f: Root(_bytes(f[0], HASH_SIZE), _int(f[1]))),
+    6: ((2,), lambda f: NodeRequest(_int(f[0]), tuple(_node_ref(x) for x in _list(f[1], 1024)))),
+    7: ((2,), lambda f: NodeReply(_int(f[0]), tuple(_node_children(x) for x in _list(f[1], 1024)))),
+    8: (
+        (3, 4),
+        lambda f: RangeRequest(
+            _int(f[0]), _opt_str(f[1]), _opt_str(f[2]), _int(f[3], 1, MAX_INLINE) if f[3:] else 0
+        ),
     ),
+    9: (
+        (2, 3),
+        lambda f: RecordRequest(
+            _int(f[0]),
+            tuple(_str(x, 4096) for x in _list(f[1], 4096)),
+            _int(f[2], 1, MAX_INLINE) if f[2:] else 0,
+        ),
+    ),
+    10: ((3, 4), _records),
     11: (
-        6,
+        (6,),
         lambda f: BlockRequest(
             _int(f[0]),
             _str(f[1], 4096),
@@ -310,9 +346,9 @@ _DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
             _bytes(f[5], HASH_SIZE),
         ),
     ),
-    12: (2, lambda f: BlockData(_int(f[0]), _bytes(f[1], limit=MAX_BLOCK))),
-    13: (1, lambda f: BlockMissing(_int(f[0]))),
-    14: (1, lambda f: Collected(tuple(_collected(x) for x in _list(f[0], 4096)))),
+    12: ((2,), lambda f: BlockData(_int(f[0]), _bytes(f[1], limit=MAX_BLOCK))),
+    13: ((1,), lambda f: BlockMissing(_int(f[0]))),
+    14: ((1,), lambda f: Collected(tuple(_collected(x) for x in _list(f[0], 4096)))),
 }
 
 
@@ -337,9 +373,9 @@ def decode_body(body: bytes) -> Message:
     type_id = obj[0]
     if type(type_id) is not int or type_id not in _DECODERS:
         raise _fail(f"unknown message type {type_id!r}")
-    count, build = _DECODERS[type_id]
+    counts, build = _DECODERS[type_id]
     fields = obj[1:]
-    if len(fields) != count:
+    if len(fields) not in counts:
         raise _fail("wrong field count")
     return build(fields)
 

@@ -14,7 +14,14 @@ from syncron_p2p.index.versions import VersionVector
 PROTOCOL_NAME = "syncron-p2p"
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
-FEATURES: tuple[str, ...] = ("merkle-mst16", "fastcdc-64k-256k-1m", "tombstone-gc")
+FEATURES: tuple[str, ...] = (
+    "merkle-mst16",
+    "fastcdc-64k-256k-1m",
+    "tombstone-gc",
+    "inline-content",
+)
+# The feature that allows the optional ``inline`` fields below (protocol.md §7).
+INLINE_FEATURE = "inline-content"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,19 +96,25 @@ class NodeReply:
 
 @dataclass(frozen=True, slots=True)
 class RangeRequest:
-    """Ask for every record with ``start < path <= end`` (None: unbounded)."""
+    """Ask for every record with ``start < path <= end`` (None: unbounded).
+
+    ``inline`` > 0: send the content of one-block files up to that size with
+    the records (feature ``inline-content``; 0: never).
+    """
 
     request_id: int
     start: str | None
     end: str | None
+    inline: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RecordRequest:
-    """Ask for the records of these paths."""
+    """Ask for the records of these paths (``inline``: as in RangeRequest)."""
 
     request_id: int
     paths: tuple[str, ...]
+    inline: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +122,15 @@ class Records:
     """Records answering a request (``request_id`` > 0) or pushed (``0``).
 
     A reply may come in several pages; ``done`` marks the last one.
+    ``inline``: ``(index into records, the whole content)`` of one-block
+    files, so the receiver needs no block request for them (feature
+    ``inline-content``).
     """
 
     request_id: int
     records: tuple[Record, ...]
     done: bool
+    inline: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

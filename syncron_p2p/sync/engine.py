@@ -27,6 +27,7 @@ Safety rules it keeps:
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -38,10 +39,19 @@ import blake3
 from syncron_p2p.config import Role, Timing
 from syncron_p2p.errors import RemoteProtocolError, UnsafePathError
 from syncron_p2p.index.merkle import MerkleTree
-from syncron_p2p.index.records import EMPTY_HASH, Block, EntryType, Record, entry_digest, mint
+from syncron_p2p.index.records import (
+    EMPTY_HASH,
+    Block,
+    EntryType,
+    Record,
+    entry_digest,
+    mint,
+    with_local,
+)
 from syncron_p2p.index.versions import Order, VersionVector
 from syncron_p2p.paths import parent, symlink_target_is_safe, validate
 from syncron_p2p.protocol.messages import (
+    INLINE_FEATURE,
     BlockData,
     BlockMissing,
     BlockRequest,
@@ -94,6 +104,16 @@ from syncron_p2p.sync.effects import (
 from syncron_p2p.sync.reconcile import Descent
 
 MAX_ACTIVE_JOBS = 512
+# Queued records started per handle_many call. Small files that came with
+# their content complete at once, so without a cap one call could apply a
+# whole initial sync in one transaction while the driver waits; capped, the
+# engine asks to be called again at once (next_deadline() == now).
+STARTS_PER_CALL = 1024
+# Records of range replies sent per peer and call: a reply to a big range
+# (an initial sync) goes out over several calls, so the first pages leave -
+# and the peer starts applying - while the rest is still being read, and the
+# driver's flow control paces the rest.
+SERVE_PER_CALL = 2048
 # Completed files wait for company before being installed (one pair of disk
 # flushes per batch; see Engine._install_due), at most this many / long.
 READY_FILES = 256
@@ -104,6 +124,12 @@ READY_DELAY = 0.1
 WINDOW_BYTES = 8 * 1024 * 1024
 RECORDS_PAGE = 256
 PAGE_BYTES = 512 * 1024
+# One-block files up to this size travel inside Records (feature
+# "inline-content"): no block round trip per small file. Received content
+# waiting in the queue is held up to INLINE_HELD bytes; beyond, it is dropped
+# and fetched as blocks later (memory stays bounded whatever a peer sends).
+INLINE_MAX = 64 * 1024
+INLINE_HELD = 32 * 1024 * 1024
 FORGOTTEN_NS = "forgotten"
 # Set once any tombstone was collected: until then no path can be forgotten,
 # and the per-record lookup in FORGOTTEN_NS is skipped (initial syncs).
@@ -142,6 +168,7 @@ class PeerState:
     last_heard: float
     last_ping: float = 0.0
     root: bytes | None = None
+    root_count: int = 0  # records under the peer's last root
     root_sent: bytes | None = None
     descent: Descent | None = None
     descend_later: bool = False  # roots differed while we were busy
@@ -150,6 +177,8 @@ class PeerState:
         default_factory=dict
     )  # id -> job, idx, sent, size
     inflight_bytes: int = 0  # sum of the sizes in ``blocks``
+    # range replies still to send: [request id, last path sent, end, inline]
+    serving: list[tuple[int, str | None, str | None, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -211,14 +240,20 @@ class Engine:
         self._wanting: dict[str, None] = {}  # paths of jobs with blocks to request
         self._ready: list[Job] = []  # all blocks at hand: installed together (_install_due)
         self._ready_since = 0.0  # when the oldest of them became ready
-        self._outbox: list[tuple[Record, str]] = []  # (stored record, peer not to tell)
+        # (stored record, peer not to tell, send its content inline)
+        self._outbox: list[tuple[Record, str, bool]] = []
+        # queued path -> (block hash, content) received inline (see _hold)
+        self._inline: dict[str, tuple[bytes, bytes]] = {}
+        self._inline_bytes = 0
         self._now = 0.0
+        self._starts = 0  # queued records started in this call (STARTS_PER_CALL)
         self.stats = {
             "conflicts": 0,
             "applied": 0,
             "rejected": 0,
             "blocks_local": 0,
             "blocks_remote": 0,
+            "blocks_inline": 0,
         }
 
     # ================================================================ entry
@@ -240,6 +275,7 @@ class Engine:
         """
         self._now = now
         self._out = []
+        self._starts = 0
         if self._next_anti_entropy is None:
             self._schedule_anti_entropy()
             self._next_heartbeat = now + self.timing.heartbeat_interval
@@ -257,15 +293,24 @@ class Engine:
                     case Tick():
                         self._tick()
             self._pump()
+            self._serve_ranges()
             self.disk.sync_installed()
         self._flush_announcements()
         out, self._out = self._out, []
         return out
 
+    def has_more(self) -> bool:
+        """The last call stopped early (caps on work per call): call again now."""
+        if self.queue and self._starts >= STARTS_PER_CALL:
+            return True
+        return any(state.serving for state in self.peers.values())
+
     def next_deadline(self) -> float | None:
         """The earliest time :class:`Tick` should be fed again."""
         times = [t for t in (self._next_anti_entropy, self._next_heartbeat) if t is not None]
         times.extend(at for at, _, _ in self.retry.values())
+        if self.has_more():
+            times.append(self._now)
         if self._ready:
             times.append(self._ready_since + READY_DELAY)
         return min(times) if times else None
@@ -354,10 +399,11 @@ class Engine:
             case NodeReply():
                 self._on_node_reply(peer, state, msg)
             case RangeRequest():
-                self._serve_records(peer, msg.request_id, self.store.in_range(msg.start, msg.end))
+                state.serving.append((msg.request_id, msg.start, msg.end, msg.inline))
             case RecordRequest():
-                found = (self.store.get(p) for p in msg.paths)
-                self._serve_records(peer, msg.request_id, (r for r in found if r is not None))
+                got = (self.store.get(p) for p in msg.paths)
+                found = (r for r in got if r is not None)
+                self._serve_records(peer, state, msg.request_id, found, msg.inline)
             case Records():
                 self._on_records(peer, state, msg)
             case BlockRequest():
@@ -379,6 +425,7 @@ class Engine:
 
     def _on_root(self, peer: str, state: PeerState, msg: Root) -> None:
         state.root = msg.root
+        state.root_count = msg.count
         mine = self.store.merkle.root()
         if msg.root == mine:
             self.synced[peer] = self.store.last_sequence
@@ -406,6 +453,7 @@ class Engine:
         wants: tuple[list[tuple[int, str | None]], list[tuple[str | None, str | None]], list[str]],
     ) -> None:
         nodes, ranges, paths = wants
+        inline = INLINE_MAX if INLINE_FEATURE in state.session.peer_features else 0
         if nodes:
             rid = self._request_id()
             state.requests[rid] = self._now
@@ -413,11 +461,14 @@ class Engine:
         for start, end in ranges:
             rid = self._request_id()
             state.requests[rid] = self._now
-            self._send(peer, RangeRequest(rid, start, end))
+            # Content inline only where we hold nothing: a range we partly
+            # have would bring back content we already hold.
+            empty = inline and self.store.merkle.count_in_range(start, end) == 0
+            self._send(peer, RangeRequest(rid, start, end, inline if empty else 0))
         for i in range(0, len(paths), 1024):
             rid = self._request_id()
             state.requests[rid] = self._now
-            self._send(peer, RecordRequest(rid, tuple(paths[i : i + 1024])))
+            self._send(peer, RecordRequest(rid, tuple(paths[i : i + 1024]), inline))
         if not state.requests and state.descent is not None:
             state.descent = None
 
@@ -447,18 +498,62 @@ class Engine:
             return
         self._issue(peer, state, state.descent.on_reply(msg.nodes))
 
-    def _serve_records(self, peer: str, request_id: int, records: Iterable[Record]) -> None:
+    def _serve_ranges(self) -> None:
+        """Send up to SERVE_PER_CALL records of each peer's pending range replies."""
+        for peer, state in self.peers.items():
+            budget = SERVE_PER_CALL
+            while state.serving and budget > 0:
+                rid, start, end, inline = state.serving[0]
+                found = list(itertools.islice(self.store.in_range(start, end), budget + 1))
+                more = len(found) > budget
+                if more:
+                    found = found[:budget]
+                    state.serving[0] = (rid, found[-1].path, end, inline)
+                else:
+                    state.serving.pop(0)
+                budget -= len(found)
+                self._serve_records(peer, state, rid, found, inline, done=not more)
+
+    def _serve_records(
+        self,
+        peer: str,
+        state: PeerState,
+        request_id: int,
+        records: Iterable[Record],
+        inline: int = 0,
+        done: bool = True,
+    ) -> None:
+        if INLINE_FEATURE not in state.session.peer_features:
+            inline = 0
+        inline = min(inline, INLINE_MAX)
         page: list[Record] = []
+        contents: list[tuple[int, bytes]] = []
         size = 0
         for rec in records:
             if self._unpublished(rec):
                 continue
+            if inline:
+                data = self._content_of(rec, inline)
+                if data is not None:
+                    contents.append((len(page), data))
+                    size += len(data)
             page.append(rec)
             size += 160 + len(rec.path) + 36 * len(rec.blocks)
             if len(page) >= RECORDS_PAGE or size >= PAGE_BYTES:
-                self._send(peer, Records(request_id, tuple(page), False))
-                page, size = [], 0
-        self._send(peer, Records(request_id, tuple(page), True))
+                self._send(peer, Records(request_id, tuple(page), False, tuple(contents)))
+                page, contents, size = [], [], 0
+        if page or done:
+            self._send(peer, Records(request_id, tuple(page), done, tuple(contents)))
+
+    def _content_of(self, rec: Record, limit: int) -> bytes | None:
+        """The whole content of a one-block file up to ``limit`` bytes, verified."""
+        if rec.type != EntryType.FILE or rec.deleted or len(rec.blocks) != 1 or rec.size > limit:
+            return None
+        block = rec.blocks[0]
+        data = self.disk.read_block(rec.path, 0, block.size)
+        if data is None or len(data) != block.size or blake3.blake3(data).digest() != block.hash:
+            return None  # changed under the index: the peer asks for the block (and we rescan)
+        return data
 
     def _on_records(self, peer: str, state: PeerState, msg: Records) -> None:
         if msg.request_id and msg.request_id in state.requests and msg.done:
@@ -470,8 +565,21 @@ class Engine:
             unsafe_link = not symlink_target_is_safe(rec.path, rec.target)
             if rec.type == EntryType.SYMLINK and not rec.deleted and unsafe_link:
                 raise UnsafePathError(f"symlink {rec.path!r} points outside the folder")
+        contents: dict[int, bytes] = {}
+        for idx, data in msg.inline:
+            rec = msg.records[idx]  # the codec checked the index
+            ok = rec.type == EntryType.FILE and not rec.deleted and len(rec.blocks) == 1
+            block = rec.blocks[0] if ok else None
+            if block is None or len(data) != block.size:
+                raise RemoteProtocolError(
+                    f"inline content for {rec.path!r} does not fit its record"
+                )
+            if blake3.blake3(data).digest() != block.hash:
+                self.stats["rejected"] += 1
+                raise RemoteProtocolError(f"inline content for {rec.path!r} fails its hash")
+            contents[idx] = data
         collected: list[tuple[str, VersionVector]] = []
-        for rec in msg.records:
+        for idx, rec in enumerate(msg.records):
             forgotten = self._forgotten(rec.path)
             covered = forgotten is not None and forgotten.dominates(rec.version)
             if forgotten is not None and covered and self.store.get(rec.path) is None:
@@ -480,17 +588,22 @@ class Engine:
                 # our root to match its own.
                 collected.append((rec.path, forgotten))
                 continue
-            self._merge(peer, rec)
+            self._merge(peer, rec, contents.get(idx))
         if collected:
             self._send(peer, Collected(tuple(collected)))
 
     # ------------------------------------------------------------ merging
 
-    def _merge(self, peer: str, rec: Record) -> None:
-        """Resolve one remote record against the local state and act on it."""
+    def _merge(self, peer: str, rec: Record, content: bytes | None = None) -> None:
+        """Resolve one remote record against the local state and act on it.
+
+        ``content``: the record's whole (one-block) content, received inline
+        and verified; kept with the queued record for :meth:`_prepare`.
+        """
         if self.role == Role.SEND_ONLY:
             return
-        rec = replace(rec, sequence=0, fingerprint=None)
+        if rec.sequence or rec.fingerprint is not None:  # local facts never travel
+            rec = with_local(rec, 0, None)
         local = self.store.get(rec.path)
         if local is None and self._forgotten_covers(rec):
             return
@@ -525,7 +638,23 @@ class Engine:
                 self.deletes[rec.path] = (res.result, peer)
             return
         self.queue[rec.path] = (rec, {peer})
+        self._hold(rec, content)
         self.deletes.pop(rec.path, None)
+
+    def _hold(self, rec: Record, content: bytes | None) -> None:
+        """Keep inline ``content`` for queued ``rec`` (or drop what an older one had)."""
+        old = self._inline.pop(rec.path, None)
+        if old is not None:
+            self._inline_bytes -= len(old[1])
+        if content is not None and self._inline_bytes + len(content) <= INLINE_HELD:
+            self._inline[rec.path] = (rec.blocks[0].hash, content)
+            self._inline_bytes += len(content)
+
+    def _take_held(self, path: str) -> tuple[bytes, bytes] | None:
+        held = self._inline.pop(path, None)
+        if held is not None:
+            self._inline_bytes -= len(held[1])
+        return held
 
     def _unpublished(self, rec: Record) -> bool:
         """A receive-only node's own edits (and their copies) never leave it."""
@@ -577,10 +706,13 @@ class Engine:
     def _pump(self) -> None:
         """Install what is complete, start queued work, request blocks, run deletions."""
         while True:
-            while self.queue and len(self.jobs) < MAX_ACTIVE_JOBS:
+            while (
+                self.queue and len(self.jobs) < MAX_ACTIVE_JOBS and self._starts < STARTS_PER_CALL
+            ):
+                self._starts += 1
                 path = next(iter(self.queue))
                 rec, sources = self.queue.pop(path)
-                self._start(rec, sources)
+                self._start(rec, sources, self._take_held(path))
             self._request_blocks()
             if not self._ready or not self._install_due():
                 break
@@ -603,7 +735,9 @@ class Engine:
             for peer in self._active():
                 self._send_root(peer, self.peers[peer])
 
-    def _start(self, rec: Record, sources: set[str]) -> None:
+    def _start(
+        self, rec: Record, sources: set[str], held: tuple[bytes, bytes] | None = None
+    ) -> None:
         local = self.store.get(rec.path)
         res = self._resolve(local, rec)
         if res.outcome == Outcome.KEEP:
@@ -658,15 +792,23 @@ class Engine:
                     extra=[winner],
                     origin_peer=origin,
                 )
-        self._prepare(job, local)
+        self._prepare(job, local, held)
 
-    def _prepare(self, job: Job, local: Record | None) -> None:
+    def _prepare(
+        self, job: Job, local: Record | None, held: tuple[bytes, bytes] | None = None
+    ) -> None:
         target = job.target
         if target.type == EntryType.FILE and not target.deleted:
             # Optional Disk hook (sealed_disk.py): which record a temp assembles.
             will_install = getattr(self.disk, "will_install", None)
             if will_install is not None:
                 will_install(target)
+            if held is not None and len(target.blocks) == 1 and target.blocks[0].hash == held[0]:
+                # The content came inline with the record, verified on arrival.
+                self.disk.temp_write(job.key, 0, held[1])
+                self.stats["blocks_inline"] += 1
+                self._ready_job(job)
+                return
         if target.type != EntryType.FILE or not target.blocks:
             if target.type == EntryType.FILE:
                 self.disk.temp_write(job.key, 0, b"")  # empty file
@@ -870,7 +1012,7 @@ class Engine:
             )
             return
         self.stats["applied"] += 1
-        self._store([replace(target, fingerprint=obs.fingerprint), *extra], job.origin_peer)
+        self._store([with_local(target, target.sequence, obs.fingerprint), *extra], job.origin_peer)
 
     def _tampered(self, job: Job, detail: str) -> None:
         """A sealed object failed authentication (only a key-holder can tell).
@@ -1041,19 +1183,42 @@ class Engine:
             self._notice("applied", rec.path, "deleted" if rec.deleted else "")
         self._announce(stored, exclude=origin_peer)
 
-    def _announce(self, records: list[Record], exclude: str = "") -> None:
-        """Push ``records`` to every peer but ``exclude``, when the batch ends."""
+    def _announce(self, records: list[Record], exclude: str = "", inline: bool = False) -> None:
+        """Push ``records`` to every peer but ``exclude``, when the batch ends.
+
+        ``inline``: small contents go along (local edits, which no peer can
+        have yet; a forwarded record's content the next peer may well hold).
+        """
         if self.timing.eager_push:
-            self._outbox.extend((rec, exclude) for rec in records)
+            self._outbox.extend((rec, exclude, inline) for rec in records)
 
     def _flush_announcements(self) -> None:
         outbox, self._outbox = self._outbox, []
         if not outbox:
             return
+        contents: dict[int, bytes | None] = {}  # outbox index -> content, read once
         for peer in self._active():
-            records = [rec for rec, exclude in outbox if exclude != peer]
-            for i in range(0, len(records), RECORDS_PAGE):
-                self._send(peer, Records(0, tuple(records[i : i + RECORDS_PAGE]), True))
+            features = self.peers[peer].session.peer_features
+            page: list[Record] = []
+            inline: list[tuple[int, bytes]] = []
+            size = 0
+            for n, (rec, exclude, with_content) in enumerate(outbox):
+                if exclude == peer:
+                    continue
+                if with_content and INLINE_FEATURE in features:
+                    if n not in contents:
+                        contents[n] = self._content_of(rec, INLINE_MAX)
+                    data = contents[n]
+                    if data is not None:
+                        inline.append((len(page), data))
+                        size += len(data)
+                page.append(rec)
+                size += 160 + len(rec.path) + 36 * len(rec.blocks)
+                if len(page) >= RECORDS_PAGE or size >= PAGE_BYTES:
+                    self._send(peer, Records(0, tuple(page), True, tuple(inline)))
+                    page, inline, size = [], [], 0
+            if page:
+                self._send(peer, Records(0, tuple(page), True, tuple(inline)))
 
     # --------------------------------------------------------- serving
 
@@ -1084,7 +1249,7 @@ class Engine:
         recs = list(records)
         self._changed = True
         if self.role != Role.RECEIVE_ONLY:
-            self._announce(recs)
+            self._announce(recs, inline=True)
         for rec in recs:
             pending = self.retry.pop(rec.path, None)
             if pending is not None:
@@ -1223,6 +1388,23 @@ class Engine:
     def in_sync_with(self, peer: str) -> bool:
         state = self.peers.get(peer)
         return bool(state and state.root == self.store.merkle.root())
+
+    def expected(self) -> int:
+        """How many more records than ours a peer we differ from holds.
+
+        A hint for the driver (a large number: a bulk transfer is starting),
+        known from the first Root, before any record arrives.
+        """
+        if self.role == Role.SEND_ONLY:
+            return 0
+        mine = self.store.merkle.root()
+        ours = len(self.store.merkle)
+        counts = [
+            s.root_count - ours
+            for s in self.peers.values()
+            if s.session.active and s.root is not None and s.root != mine
+        ]
+        return max(counts, default=0)
 
     def pending(self) -> tuple[int, int]:
         """(files, bytes) still to fetch or apply."""
