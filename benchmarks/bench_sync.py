@@ -134,6 +134,17 @@ class RsyncDaemon:
         self.proc.wait()
 
 
+def settle() -> None:
+    """Start each timed transfer from the same state: nothing left to write back.
+
+    Generating the data (and one tool's run) leaves the kernel writing dirty
+    pages back for many seconds after; on this kind of VM every file
+    creation then costs several times more. Each tool gets a flushed cache.
+    """
+    os.sync()
+    time.sleep(2)
+
+
 def make_tree(root: Path, total: int, lo: int, hi: int, rnd: random.Random) -> None:
     made = i = 0
     while made < total:
@@ -158,6 +169,7 @@ def initial_sync(name: str, src: Path, work: Path) -> None:
     b_dir = work / f"{name}-b"
     b_dir.mkdir()
     wait(lambda: bool(a.status().get("merkle_root")), 600, 0.5)
+    settle()
     before = lo_bytes()
     t0 = time.perf_counter()
     b = Node(b_dir, "--code", a.code, "--peer", f"127.0.0.1:{a.port}")
@@ -179,6 +191,7 @@ def initial_sync(name: str, src: Path, work: Path) -> None:
     daemon = RsyncDaemon(src, work)
     r_dir = work / f"{name}-rsync"
     r_dir.mkdir()
+    settle()
     r_time, r_bytes = daemon.pull(r_dir)
     (src / "latency-rsync.txt").write_bytes(b"one more edit")
     r_small, _ = daemon.pull(r_dir)

@@ -10,6 +10,7 @@ import pytest
 from meshnet import MeshNet
 
 from syncron_p2p.node.disk import RealDisk
+from syncron_p2p.protocol import codec
 from syncron_p2p.protocol.messages import (
     INLINE_FEATURE,
     NodeRequest,
@@ -214,4 +215,58 @@ def test_starting_queued_work_is_capped_per_call(monkeypatch: pytest.MonkeyPatch
     assert seen_more  # a page of 200 records is started over several calls
     net.run()
     assert net.converged()
+    assert net.files(1) == net.files(0)
+
+
+def test_a_pulling_node_does_not_announce_each_step_of_its_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Many small calls (as in a big transfer): each drains its work. Pushing
+    # the new root after each would send the peer down a half-filled tree.
+    monkeypatch.setattr(engine_module, "SERVE_PER_CALL", 20)
+    monkeypatch.setattr(engine_module, "STARTS_PER_CALL", 20)
+    net = MeshNet(2, seed=9, shuffle=False)
+    _fill(net, 200)
+    net.connect_all()
+    roots_from_receiver = 0
+
+    def count(new: list[tuple[str, str, bytes]]) -> None:
+        nonlocal roots_from_receiver
+        for src, _, data in new:
+            if src == "node1" and isinstance(codec.decode_body(data[codec.HEADER :]), Root):
+                roots_from_receiver += 1
+
+    while True:
+        before = len(net.queue)
+        if net.step():  # (pops the oldest message, appends what it caused)
+            count(net.queue[before - 1 :])
+            continue
+        if net.converged():
+            break
+        net.now += 1.0
+        for name in ("node0", "node1"):
+            before = len(net.queue)
+            net._feed(name, Tick())
+            count(net.queue[before:])
+    assert net.files(1) == net.files(0)
+    assert roots_from_receiver <= 4  # hello, answers to the sender's roots, the final one
+
+
+def test_a_saturated_engine_asks_its_driver_to_stop_feeding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module, "STARTS_PER_CALL", 10)
+    monkeypatch.setattr(engine_module, "INGEST_HIGH", 30)
+    net = MeshNet(2, seed=5, shuffle=False)
+    _fill(net, 100)
+    net.connect_all()
+    receiver = net.node(1).engine
+    seen = False
+    while net.step():
+        seen = seen or receiver.saturated()
+    assert seen  # 100 records arrived, 10 started per call: stop feeding
+    while receiver.has_more():  # the driver's own calls drain it
+        receiver.handle(Tick(), net.now)
+    assert not receiver.saturated()
+    net.run()
     assert net.files(1) == net.files(0)

@@ -459,3 +459,22 @@ def test_invite_secure_makes_a_key_holder(tmp_path: Path) -> None:
                 assert rec is None and result.errors  # cannot seal: not published
         finally:
             node.index.close()
+
+
+def test_a_read_given_its_record_needs_no_lookup() -> None:
+    from syncron_p2p.sync.memory_disk import MemoryDisk
+    from syncron_p2p.sync.sealed_disk import SealedDisk
+
+    inner = MemoryDisk()
+    inner.write("keys/a", b"x" * 100)
+    rec = sealed_record()
+
+    def lookup(path: str) -> Record | None:
+        raise AssertionError("the record was given: no index lookup")
+
+    disk = SealedDisk(inner, KEY, lookup)
+    sealed = disk.read_block("keys/a", 0, rec.blocks[0].size, rec)
+    assert sealed is not None
+    assert blake3.blake3(sealed).digest() == rec.blocks[0].hash  # the sealed block
+    with pytest.raises(AssertionError):
+        disk.read_block("keys/a", 0, rec.blocks[0].size)  # without it: looked up

@@ -30,7 +30,7 @@ import blake3
 
 from syncron_p2p.errors import UnsafePathError
 from syncron_p2p.folder import TMP_DIR
-from syncron_p2p.index.records import Block, EntryType, StatFingerprint
+from syncron_p2p.index.records import Block, EntryType, Record, StatFingerprint
 from syncron_p2p.paths import STATE_DIR, safe_join_str
 from syncron_p2p.sync.disk import (
     DiskFailure,
@@ -107,7 +107,9 @@ class RealDisk:
 
     # ------------------------------------------------------------- reads
 
-    def read_block(self, path: str, offset: int, size: int) -> bytes | None:
+    def read_block(
+        self, path: str, offset: int, size: int, record: Record | None = None
+    ) -> bytes | None:
         try:
             fd = os.open(self._path(path), os.O_RDONLY | _O_NOFOLLOW)
         except (OSError, LocalChanged):

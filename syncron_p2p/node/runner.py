@@ -151,6 +151,7 @@ class Node:
         self._bulk = False  # a bulk transfer paused the watcher
         self._bulk_event = trio.Event()
         self._timers_wake = trio.Event()  # the engine has more to do at once
+        self._progress = trio.Event()  # set (and replaced) after every engine call
         self._rate_since = 0.0  # start of the current BULK_WINDOW
         self._rate_base = 0  # engine "applied" count at that start
         self._rate_last = 0  # files applied in the previous window
@@ -244,6 +245,8 @@ class Node:
             bulk = self._bulk_due(now)
             if self.engine.has_more():
                 self._timers_wake.set()
+            self._progress.set()  # wake connections waiting for the queue to drain
+            self._progress = trio.Event()
         if bulk != self._bulk:
             self._bulk_event.set()
         for conn in waits:
@@ -535,6 +538,15 @@ class Node:
             return
         events: list[Input] = [Received(conn.peer_id, m) for m in msgs]
         await self.feed_many(events, origin=conn.peer_id)
+        # Flow control for incoming records: while the engine holds more
+        # queued work than it starts per call and can go on by itself (the
+        # timer task drives it), stop taking messages from this peer. Its
+        # connection then fills and the peer's long replies pause, instead
+        # of our queue (and the content held with it) growing without end.
+        # Never while the queue waits on this peer (has_more() is False
+        # then), so this cannot deadlock.
+        while self.engine.saturated() and self.connections.get(conn.peer_id) is conn:
+            await self._progress.wait()
 
     async def _wait_gone(self, peer_id: str) -> None:
         conn = self.connections.get(peer_id)

@@ -64,8 +64,14 @@ class Disk(Protocol):
     def observe(self, path: str) -> Observation | None:
         """lstat-level facts about ``path`` (None if nothing is there)."""
 
-    def read_block(self, path: str, offset: int, size: int) -> bytes | None:
-        """``size`` bytes at ``offset`` of the file at ``path``; None if unavailable."""
+    def read_block(
+        self, path: str, offset: int, size: int, record: Record | None = None
+    ) -> bytes | None:
+        """``size`` bytes at ``offset`` of the file at ``path``; None if unavailable.
+
+        ``record``: the index's current record of ``path``, when the caller
+        has it at hand (a view that depends on it need not look it up).
+        """
 
     def temp_present(self, key: str, blocks: Sequence[Block]) -> set[int]:
         """Indexes of ``blocks`` already written (and still valid) in temp ``key``."""

@@ -114,6 +114,8 @@ STARTS_PER_CALL = 1024
 # and the peer starts applying - while the rest is still being read, and the
 # driver's flow control paces the rest.
 SERVE_PER_CALL = 2048
+# Queued records beyond which the driver should stop feeding (saturated()).
+INGEST_HIGH = 2 * STARTS_PER_CALL
 # Completed files wait for company before being installed (one pair of disk
 # flushes per batch; see Engine._install_due), at most this many / long.
 READY_FILES = 256
@@ -304,6 +306,15 @@ class Engine:
         if self.queue and self._starts >= STARTS_PER_CALL:
             return True
         return any(state.serving for state in self.peers.values())
+
+    def saturated(self) -> bool:
+        """Enough queued to keep the next calls busy, and they can run by themselves.
+
+        A driver may stop feeding a peer's messages meanwhile (flow control):
+        the queue drains through calls the driver makes on its own (has_more).
+        """
+        full = len(self.queue) >= INGEST_HIGH or self._inline_bytes >= INLINE_HELD // 2
+        return full and self.has_more()
 
     def next_deadline(self) -> float | None:
         """The earliest time :class:`Tick` should be fed again."""
@@ -550,7 +561,7 @@ class Engine:
         if rec.type != EntryType.FILE or rec.deleted or len(rec.blocks) != 1 or rec.size > limit:
             return None
         block = rec.blocks[0]
-        data = self.disk.read_block(rec.path, 0, block.size)
+        data = self.disk.read_block(rec.path, 0, block.size, rec)
         if data is None or len(data) != block.size or blake3.blake3(data).digest() != block.hash:
             return None  # changed under the index: the peer asks for the block (and we rescan)
         return data
@@ -728,9 +739,12 @@ class Engine:
                     else:
                         state.descend_later = False
         idle = not self.jobs and not self.queue and not self.deletes
-        if self._changed and idle and self.timing.eager_push:
+        pulling = any(state.descent is not None for state in self.peers.values())
+        if self._changed and idle and not pulling and self.timing.eager_push:
             # Work drained: tell every peer our new root, so "in sync" is known
             # now rather than at the next anti-entropy round (eager, like pushes).
+            # Not while a pull is still bringing records: each root would only
+            # send the peer down our half-filled tree.
             self._changed = False
             for peer in self._active():
                 self._send_root(peer, self.peers[peer])

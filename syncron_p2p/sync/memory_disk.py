@@ -207,7 +207,9 @@ class MemoryDisk:
         if now.type == EntryType.SYMLINK and now.target != expect.target:
             raise LocalChanged(f"{path} changed")
 
-    def read_block(self, path: str, offset: int, size: int) -> bytes | None:
+    def read_block(
+        self, path: str, offset: int, size: int, record: Record | None = None
+    ) -> bytes | None:
         e = self.entries.get(path)
         if e is None or e.type != EntryType.FILE or offset + size > len(e.data):
             return None

@@ -134,8 +134,10 @@ class SealedDisk:
             self._records.popitem(last=False)
         return rec
 
-    def read_block(self, path: str, offset: int, size: int) -> bytes | None:
-        rec = self._record(path)
+    def read_block(
+        self, path: str, offset: int, size: int, record: Record | None = None
+    ) -> bytes | None:
+        rec = self._record(path) if record is None else record
         if rec is None or not rec.sealed or rec.deleted:
             return self.inner.read_block(path, offset, size)
         hit = self._cache.pop((path, rec.content_hash, offset), None)
