@@ -270,3 +270,45 @@ def test_a_saturated_engine_asks_its_driver_to_stop_feeding(
     assert not receiver.saturated()
     net.run()
     assert net.files(1) == net.files(0)
+
+
+@pytest.mark.parametrize("noreplace", [True, False], ids=["renameat2", "check-then-rename"])
+def test_a_new_file_never_replaces_what_appeared_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, noreplace: bool
+) -> None:
+    from syncron_p2p.node import disk as disk_module
+    from syncron_p2p.sync.disk import LocalChanged
+
+    if not noreplace:  # a filesystem without RENAME_NOREPLACE
+
+        def unsupported(*args: object) -> int:
+            import ctypes
+            import errno
+
+            ctypes.set_errno(errno.EINVAL)
+            return -1
+
+        monkeypatch.setattr(disk_module, "_RENAMEAT2", unsupported)
+    disk = RealDisk(tmp_path)
+    for name, make in (
+        ("file.txt", lambda p: p.write_bytes(b"the user's")),
+        ("dir", lambda p: p.mkdir()),
+        ("link", lambda p: os.symlink("elsewhere", p)),
+    ):
+        key = blake3.blake3(name.encode()).hexdigest()
+        disk.temp_write(key, 0, b"from a peer")
+        disk.sync_temps([key])
+        make(tmp_path / name)  # appears after the engine planned "nothing there"
+        with pytest.raises(LocalChanged):
+            disk.install_file(name, key, 11, 0o644, None)
+        assert disk.temp_read(key, 0, 11) == b"from a peer"  # kept for a retry
+    assert (tmp_path / "file.txt").read_bytes() == b"the user's"
+    assert (tmp_path / "dir").is_dir() and os.readlink(tmp_path / "link") == "elsewhere"
+    key = blake3.blake3(b"x").hexdigest()
+    disk.temp_write(key, 0, b"new")
+    disk.sync_temps([key])
+    obs = disk.install_file("sub/new.txt", key, 3, 0o600, None)  # parents made, mode set
+    assert (tmp_path / "sub" / "new.txt").read_bytes() == b"new"
+    assert (tmp_path / "sub" / "new.txt").stat().st_mode & 0o777 == 0o600
+    assert obs.fingerprint is not None and obs.fingerprint.size == 3
+    assert disk._noreplace is noreplace

@@ -54,6 +54,9 @@ class RealDisk:
         self.root = root
         self.tmp = root / STATE_DIR / TMP_DIR
         self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.tmp, 0o700)  # temps are private until installed, whatever their mode
+        self._temp_mode = 0o644 & ~_umask()  # what temp_write creates
+        self._noreplace = _RENAMEAT2 is not None  # renameat2(RENAME_NOREPLACE) works here
         self._tmp_prefix = str(self.tmp) + "/"
         self._root = str(root)
         # temp key -> bytes written from offset 0 on without a gap, by us
@@ -150,7 +153,7 @@ class RealDisk:
         else:
             self._written.pop(key, None)  # a gap, or rewritten: size unknown
         try:
-            fd = os.open(self._temp(key), os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o600)
+            fd = os.open(self._temp(key), os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o644)
             try:
                 view = memoryview(data)
                 while view:
@@ -191,14 +194,27 @@ class RealDisk:
         with _failing(f"cannot install {path}"):
             if self._written.get(key) == size and key in self._synced:
                 # We wrote all of it in one go and it is already durable (the
-                # batch flush): only the mode is left to set.
-                os.chmod(temp, mode & 0o777)  # our private temp dir (0700)
+                # batch flush): at most the mode is left to set.
+                if mode & 0o777 != self._temp_mode:
+                    os.chmod(temp, mode & 0o777)  # our private temp dir (0700)
             else:
                 self._prepare_temp(key, temp, size, mode)
-            self._check(path, target, expect)
-            self._begin(target)
-            self._clear(path, target, expect, keep_file=True)
-            self._place(path, target, lambda: os.replace(temp, target))
+            if expect is None and self._noreplace:
+                # Nothing may be there: one atomic rename that refuses to
+                # replace, instead of a check and a rename (and no window
+                # between them).
+                self._begin(target)
+                try:
+                    self._place(path, target, lambda: _rename_noreplace(temp, target))
+                except FileExistsError:
+                    raise LocalChanged(f"{path} is not what the index says") from None
+                except _NoReplaceUnsupported:
+                    self._noreplace = False  # this filesystem: check, then rename
+            if expect is not None or not self._noreplace:
+                self._check(path, target, expect)
+                self._begin(target)
+                self._clear(path, target, expect, keep_file=True)
+                self._place(path, target, lambda: os.replace(temp, target))
             self._synced.discard(key)
             self._written.pop(key, None)
         return self._observed(path, target)
@@ -454,6 +470,52 @@ def _syncfs(path: Path | str) -> None:
             raise OSError(err, os.strerror(err))
     finally:
         os.close(fd)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux); 0o777 if unknown.
+
+    (0o777 makes every install set the mode explicitly.)
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777
+
+
+class _NoReplaceUnsupported(Exception):
+    """renameat2(RENAME_NOREPLACE) is not available on this filesystem."""
+
+
+def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` unless something is at ``dst`` (FileExistsError)."""
+    assert _RENAMEAT2 is not None
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE):
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise _NoReplaceUnsupported
+        raise OSError(err, os.strerror(err), dst)  # FileExistsError, FileNotFoundError, ...
 
 
 def _fsync_dir(path: str) -> None:
