@@ -15,6 +15,7 @@ from syncron_p2p.protocol.messages import (
     INLINE_FEATURE,
     NodeRequest,
     RangeRequest,
+    RecordRequest,
     Records,
     Root,
 )
@@ -160,20 +161,46 @@ def test_without_the_feature_small_files_come_as_blocks(monkeypatch: pytest.Monk
     assert stats["blocks_remote"] == FILES
 
 
-def test_local_edits_go_out_with_content_and_forwarded_ones_without() -> None:
-    net = MeshNet(3, seed=11, shuffle=False)
-    net.connect("node0", "node1")
-    net.connect("node1", "node2")  # a line: node2 hears of node0's edits through node1
-    net.run()
-    net.edit(0, lambda d: d.write("note.txt", b"written on node0"))  # type: ignore[attr-defined]
+def test_a_moved_tree_of_small_files_is_rebuilt_locally_not_sent_again() -> None:
+    net = MeshNet(2, seed=11)
+    _fill(net, 60)
+    net.connect_all()
+    net.run()  # the initial sync: contents inline
+    receiver = net.node(1).engine.stats
+    inline, remote = receiver["blocks_inline"], receiver["blocks_remote"]
+    assert inline == 60
+    net.edit(0, lambda d: d.rename("d3", "moved/d3"))  # type: ignore[attr-defined]
     net.run()
     assert net.converged()
-    assert net.files(2)["note.txt"] == b"written on node0"
-    assert net.node(1).engine.stats["blocks_inline"] == 1  # came with node0's announcement
-    assert net.node(1).engine.stats["blocks_remote"] == 0
-    # node1 forwards the record only: node2 might hold the content already
-    assert net.node(2).engine.stats["blocks_inline"] == 0
-    assert net.node(2).engine.stats["blocks_remote"] == 1
+    assert net.files(1) == net.files(0)
+    assert any(p.startswith("moved/d3/") for p in net.files(1))
+    # pushed without content, found in the old copies: nothing sent again
+    assert receiver["blocks_inline"] == inline
+    assert receiver["blocks_remote"] == remote
+    assert receiver["blocks_local"] >= 8
+
+
+def test_a_node_holding_most_records_asks_for_no_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = MeshNet(2, seed=13, shuffle=False)
+    _fill(net, 100)
+    net.connect_all()
+    net.run()
+    net.disconnect("node0", "node1")
+    net.edit(0, lambda d: [d.write(f"new/f{i}.txt", b"%d" % i) for i in range(10)])  # type: ignore[attr-defined]
+    asked: list[RangeRequest | RecordRequest] = []
+    real = net._execute
+
+    def spy(node, effects):  # type: ignore[no-untyped-def]
+        for e in effects:
+            if isinstance(e, Send) and isinstance(e.message, RangeRequest | RecordRequest):
+                asked.append(e.message)
+        real(node, effects)
+
+    monkeypatch.setattr(net, "_execute", spy)
+    net.connect("node0", "node1")
+    net.run()
+    assert net.files(1) == net.files(0)
+    assert asked and all(m.inline == 0 for m in asked)  # 100 of 110 held: no content inline
 
 
 def test_a_big_range_reply_is_spread_over_calls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,7 +276,9 @@ def test_a_pulling_node_does_not_announce_each_step_of_its_root(
             net._feed(name, Tick())
             count(net.queue[before:])
     assert net.files(1) == net.files(0)
-    assert roots_from_receiver <= 4  # hello, answers to the sender's roots, the final one
+    # its first root, answers to the sender's anti-entropy roots, the final
+    # one (pushing after every drained call: 13 here)
+    assert roots_from_receiver <= 6
 
 
 def test_a_saturated_engine_asks_its_driver_to_stop_feeding(

@@ -242,8 +242,7 @@ class Engine:
         self._wanting: dict[str, None] = {}  # paths of jobs with blocks to request
         self._ready: list[Job] = []  # all blocks at hand: installed together (_install_due)
         self._ready_since = 0.0  # when the oldest of them became ready
-        # (stored record, peer not to tell, send its content inline)
-        self._outbox: list[tuple[Record, str, bool]] = []
+        self._outbox: list[tuple[Record, str]] = []  # (stored record, peer not to tell)
         # queued path -> (block hash, content) received inline (see _hold)
         self._inline: dict[str, tuple[bytes, bytes]] = {}
         self._inline_bytes = 0
@@ -464,7 +463,12 @@ class Engine:
         wants: tuple[list[tuple[int, str | None]], list[tuple[str | None, str | None]], list[str]],
     ) -> None:
         nodes, ranges, paths = wants
-        inline = INLINE_MAX if INLINE_FEATURE in state.session.peer_features else 0
+        # Content inline only while we hold less than half of what the peer
+        # does (joining, an initial sync): a node that holds most of the data
+        # rebuilds moved and renamed files from its own copies, which inline
+        # content would bring over the wire again.
+        joining = 2 * len(self.store.merkle) < state.root_count
+        inline = INLINE_MAX if joining and INLINE_FEATURE in state.session.peer_features else 0
         if nodes:
             rid = self._request_id()
             state.requests[rid] = self._now
@@ -717,6 +721,14 @@ class Engine:
     def _pump(self) -> None:
         """Install what is complete, start queued work, request blocks, run deletions."""
         while True:
+            # Records whose content came inline first, job slots or not: they
+            # complete at once, and waiting behind block transfers would only
+            # keep their content in memory (or drop it, to be sent again).
+            while self._inline and self._starts < STARTS_PER_CALL:
+                self._starts += 1
+                path = next(iter(self._inline))
+                rec, sources = self.queue.pop(path)
+                self._start(rec, sources, self._take_held(path))
             while (
                 self.queue and len(self.jobs) < MAX_ACTIVE_JOBS and self._starts < STARTS_PER_CALL
             ):
@@ -1197,42 +1209,23 @@ class Engine:
             self._notice("applied", rec.path, "deleted" if rec.deleted else "")
         self._announce(stored, exclude=origin_peer)
 
-    def _announce(self, records: list[Record], exclude: str = "", inline: bool = False) -> None:
+    def _announce(self, records: list[Record], exclude: str = "") -> None:
         """Push ``records`` to every peer but ``exclude``, when the batch ends.
 
-        ``inline``: small contents go along (local edits, which no peer can
-        have yet; a forwarded record's content the next peer may well hold).
+        Never with content inline: a pushed file may be a moved one, which
+        the peer rebuilds from its own copy.
         """
         if self.timing.eager_push:
-            self._outbox.extend((rec, exclude, inline) for rec in records)
+            self._outbox.extend((rec, exclude) for rec in records)
 
     def _flush_announcements(self) -> None:
         outbox, self._outbox = self._outbox, []
         if not outbox:
             return
-        contents: dict[int, bytes | None] = {}  # outbox index -> content, read once
         for peer in self._active():
-            features = self.peers[peer].session.peer_features
-            page: list[Record] = []
-            inline: list[tuple[int, bytes]] = []
-            size = 0
-            for n, (rec, exclude, with_content) in enumerate(outbox):
-                if exclude == peer:
-                    continue
-                if with_content and INLINE_FEATURE in features:
-                    if n not in contents:
-                        contents[n] = self._content_of(rec, INLINE_MAX)
-                    data = contents[n]
-                    if data is not None:
-                        inline.append((len(page), data))
-                        size += len(data)
-                page.append(rec)
-                size += 160 + len(rec.path) + 36 * len(rec.blocks)
-                if len(page) >= RECORDS_PAGE or size >= PAGE_BYTES:
-                    self._send(peer, Records(0, tuple(page), True, tuple(inline)))
-                    page, inline, size = [], [], 0
-            if page:
-                self._send(peer, Records(0, tuple(page), True, tuple(inline)))
+            records = [rec for rec, exclude in outbox if exclude != peer]
+            for i in range(0, len(records), RECORDS_PAGE):
+                self._send(peer, Records(0, tuple(records[i : i + RECORDS_PAGE]), True))
 
     # --------------------------------------------------------- serving
 
@@ -1263,7 +1256,7 @@ class Engine:
         recs = list(records)
         self._changed = True
         if self.role != Role.RECEIVE_ONLY:
-            self._announce(recs, inline=True)
+            self._announce(recs)
         for rec in recs:
             pending = self.retry.pop(rec.path, None)
             if pending is not None:
