@@ -10,8 +10,15 @@
    conflict winner dominates the loser too, but the loser must survive as a
    copy. Versions written by a node that then left the mesh for good are not
    required (nobody else may ever have seen them), but they do supersede.
+   A node that lost its database re-publishes what its disk holds under a
+   new epoch: such a later version of the same node, path and content stands
+   for the earlier one (whose vector nobody may have seen, so nothing can
+   dominate it), and is accounted for in its place.
 4. *No resurrection*: a file deleted by a version that dominates every other
-   written version of its path is not live anywhere.
+   written version of its path is not live anywhere - unless that deletion
+   never left a node whose database was then lost (no live node holds it):
+   it was forgotten with the database, and the file comes back from its
+   peers, which is the safe outcome (nothing is lost).
 5. *Tombstones are collected* once stable (checked by the runner after extra
    anti-entropy periods, see ``runner.py``).
 6. *Nothing written outside the folder*: ``MemoryDisk.writes_outside`` is empty.
@@ -87,6 +94,17 @@ def _superseded(w: Written, others: list[Written]) -> bool:
     return any(o.record.version.dominates(v) and o.record.version != v for o in others)
 
 
+def _carried(w: Written, others: list[Written]) -> bool:
+    """``w``'s content was re-published by its node under a new epoch (see 3.)."""
+    return any(
+        o.node == w.node
+        and o.at > w.at
+        and o.record.origin != w.record.origin
+        and (o.type, o.content_hash, o.deleted) == (w.type, w.content_hash, w.deleted)
+        for o in others
+    )
+
+
 def _holdings(node: SimNode) -> dict[str, set[tuple[EntryType, bytes]]]:
     held: dict[str, set[tuple[EntryType, bytes]]] = defaultdict(set)
     for r in node.store.all():
@@ -101,7 +119,9 @@ def _nothing_lost(world: World, live: list[SimNode]) -> list[str]:
     left = _left(world)
     for versions in _versions_by_path(world).values():
         for w in versions:
-            if w.node not in left and not w.deleted and not _superseded(w, versions):
+            if w.node in left or w.deleted or _superseded(w, versions):
+                continue
+            if not _carried(w, versions):
                 wanted.append(w)
     checked: set[bytes] = set()
     for node in live:
@@ -121,6 +141,15 @@ def _nothing_lost(world: World, live: list[SimNode]) -> list[str]:
     return out
 
 
+def _held(w: Written, live: list[SimNode]) -> bool:
+    """Some live node holds ``w``'s version of its path, or a later one."""
+    for node in live:
+        rec = node.store.get(w.path)
+        if rec is not None and rec.version.dominates(w.record.version):
+            return True
+    return False
+
+
 def _no_resurrection(world: World, live: list[SimNode]) -> list[str]:
     out: list[str] = []
     left = _left(world)
@@ -128,6 +157,8 @@ def _no_resurrection(world: World, live: list[SimNode]) -> list[str]:
         for d in versions:
             if not d.deleted or d.type == EntryType.DIRECTORY or d.node in left:
                 continue
+            if d.record.origin in world.wiped and not _held(d, live):
+                continue  # the deletion was lost with its node's database (see 4.)
             if all(d.record.version.dominates(o.record.version) for o in versions):
                 for node in live:
                     rec: Record | None = node.store.get(path)

@@ -114,6 +114,7 @@ class World:
         self.roots: Counter[bytes] = Counter()  # root -> number of live members holding it
         self.root_history: list[tuple[float, str, bytes]] = []
         self.written: list[Written] = []
+        self.wiped: set[str] = set()  # actors whose database was lost
         self.actions: list[str] = []  # scenario actions with times: the replay script
         self.template: tuple[MemoryStore, MemoryDisk] | None = None
         self.pending_actions = 0
@@ -383,6 +384,7 @@ class World:
         if node.alive:
             return
         if lose_database:
+            self.wiped.add(node.store.actor)
             node.store = MemoryStore(name, self._epoch())
         node.engine = self._engine(name, node.store, node.disk)
         node.alive = True
