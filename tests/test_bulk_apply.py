@@ -341,3 +341,20 @@ def test_a_new_file_never_replaces_what_appeared_meanwhile(
     assert (tmp_path / "sub" / "new.txt").stat().st_mode & 0o777 == 0o600
     assert obs.fingerprint is not None and obs.fingerprint.size == 3
     assert disk._noreplace is noreplace
+
+
+def test_directories_are_installed_before_the_files_that_came_with_content() -> None:
+    # Files with content start ahead of other queued work; their directories
+    # must still come first, or each directory finds itself already made by
+    # its first file's install (a LocalChanged, a rescan, a local version).
+    net = MeshNet(2, seed=17, shuffle=False)
+    _fill(net, 120)
+    net.connect_all()
+    net.run()
+    assert net.converged()
+    receiver = net.node(1)
+    assert receiver.engine.stats["blocks_inline"] == 120
+    assert not any(n.kind in ("kept", "error") for n in receiver.notices)
+    assert receiver.engine.stats["applied"] == 127  # 120 files and 7 directories, once each
+    local = [r for r in receiver.index.all() if r.origin == receiver.index.actor]
+    assert local == []  # nothing re-minted by a rescan

@@ -725,10 +725,7 @@ class Engine:
             # complete at once, and waiting behind block transfers would only
             # keep their content in memory (or drop it, to be sent again).
             while self._inline and self._starts < STARTS_PER_CALL:
-                self._starts += 1
-                path = next(iter(self._inline))
-                rec, sources = self.queue.pop(path)
-                self._start(rec, sources, self._take_held(path))
+                self._start_queued(next(iter(self._inline)))
             while (
                 self.queue and len(self.jobs) < MAX_ACTIVE_JOBS and self._starts < STARTS_PER_CALL
             ):
@@ -760,6 +757,20 @@ class Engine:
             self._changed = False
             for peer in self._active():
                 self._send_root(peer, self.peers[peer])
+
+    def _start_queued(self, path: str) -> None:
+        """Start queued ``path`` now, after any of its ancestors still queued.
+
+        (A directory installed after a file in it would find itself already
+        made by that install, not what the plan expected.)
+        """
+        up = parent(path)
+        if up and up in self.queue:
+            self._start_queued(up)
+        entry = self.queue.pop(path, None)
+        if entry is not None:
+            self._starts += 1
+            self._start(entry[0], entry[1], self._take_held(path))
 
     def _start(
         self, rec: Record, sources: set[str], held: tuple[bytes, bytes] | None = None
