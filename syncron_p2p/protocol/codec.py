@@ -421,23 +421,36 @@ class Decoder:
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
+        self._pos = 0  # start of the first undecoded frame in _buf
         self._max = max_frame
 
     def feed(self, data: bytes) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()  # everything decoded: start over, no copy
+            self._pos = 0
+        elif self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]  # drop decoded frames once they dominate
+            self._pos = 0
         self._buf += data
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def next(self) -> Message | None:
-        if len(self._buf) < HEADER:
+        # Frames are consumed by moving an offset, not by deleting them from
+        # the front (a copy of everything after, per frame); the body is
+        # copied out once (bulk transfers carry 1 GiB through here).
+        pos, buf = self._pos, self._buf
+        if len(buf) - pos < HEADER:
             return None
-        size = int.from_bytes(self._buf[:HEADER], "big")
+        size = int.from_bytes(buf[pos : pos + HEADER], "big")
         if size > self._max or size == 0:
             raise _fail(f"frame length {size} out of range")
-        if len(self._buf) < HEADER + size:
+        end = pos + HEADER + size
+        if len(buf) < end:
             return None
-        body = bytes(self._buf[HEADER : HEADER + size])
-        del self._buf[: HEADER + size]
+        with memoryview(buf) as view:
+            body = bytes(view[pos + HEADER : end])
+        self._pos = end
         return decode_body(body)
