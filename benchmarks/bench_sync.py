@@ -10,8 +10,12 @@ Measured in one run, same data, same machine:
 3. a 1 GiB file with 1 MiB overwritten in place, then with 1 MiB inserted in
    its middle: bytes on the wire until the peer has the new content.
 
+Each initial sync is repeated (``--repeat``, default 3), the two tools
+alternating in going first, each from a flushed page cache; the ratio
+reported is the median of the rounds' ratios.
+
 Run: ``python benchmarks/bench_sync.py [--scratch DIR] [--big-mib 1024]
-[--small 50000] [--only big|small|edits]``. Needs ``rsync``. Prints one JSON
+[--small 50000] [--only big|small|edits] [--repeat 3]``. Needs ``rsync``. Prints one JSON
 object per measurement. With ``BENCH_LOG_DIR`` set, the nodes' logs go there.
 """
 
@@ -163,20 +167,28 @@ def make_count(root: Path, count: int, rnd: random.Random) -> None:
         (d / f"n{i:06d}.txt").write_bytes(rnd.randbytes(rnd.randint(64, 4096)))
 
 
-def initial_sync(name: str, src: Path, work: Path) -> None:
-    # syncron: A holds the data, B joins empty.
-    a = Node(src)
-    b_dir = work / f"{name}-b"
+def _one_sync(name: str, a: Node, work: Path, k: int) -> tuple[float, int, Node, Path]:
+    """A fresh node B joins A with an empty folder: time and bytes until in sync."""
+    b_dir = work / f"{name}-b{k}"
     b_dir.mkdir()
-    wait(lambda: bool(a.status().get("merkle_root")), 600, 0.5)
     settle()
     before = lo_bytes()
     t0 = time.perf_counter()
     b = Node(b_dir, "--code", a.code, "--peer", f"127.0.0.1:{a.port}")
     wait(lambda: in_sync(a, b), 3600, 0.5)
-    ours = time.perf_counter() - t0
-    ours_bytes = lo_bytes() - before
-    # small-file latency on the same pair, watcher on
+    return time.perf_counter() - t0, lo_bytes() - before, b, b_dir
+
+
+def _one_rsync(name: str, daemon: RsyncDaemon, work: Path, k: int) -> tuple[float, int, Path]:
+    r_dir = work / f"{name}-rsync{k}"
+    r_dir.mkdir()
+    settle()
+    r_time, r_bytes = daemon.pull(r_dir)
+    return r_time, r_bytes, r_dir
+
+
+def _latencies(src: Path, b_dir: Path) -> list[float]:
+    """Small-file latency on a synced pair, watcher on."""
     latencies = []
     for i in range(10):
         target = src / f"latency-{i}.txt"
@@ -185,35 +197,61 @@ def initial_sync(name: str, src: Path, work: Path) -> None:
         target.write_bytes(payload)
         wait(lambda t=b_dir / target.name, p=payload: t.exists() and t.read_bytes() == p, 60, 0.005)
         latencies.append(time.perf_counter() - t1)
-    a.stop()
-    b.stop()
-    # rsync: the same data into an empty directory, then the small change
+    return sorted(latencies)
+
+
+def initial_sync(name: str, src: Path, work: Path, repeat: int) -> None:
+    """A holds the data; B joins empty, against rsync pulling into an empty folder.
+
+    Repeated ``repeat`` times, alternating which tool goes first; the ratio
+    reported is the median of the per-round ratios (this VM's filesystem
+    speed drifts by a factor of several between minutes).
+    """
+    a = Node(src)
+    wait(lambda: bool(a.status().get("merkle_root")), 600, 0.5)
     daemon = RsyncDaemon(src, work)
-    r_dir = work / f"{name}-rsync"
-    r_dir.mkdir()
-    settle()
-    r_time, r_bytes = daemon.pull(r_dir)
-    (src / "latency-rsync.txt").write_bytes(b"one more edit")
-    r_small, _ = daemon.pull(r_dir)
+    rounds: list[dict[str, float]] = []
+    latencies: list[float] = []
+    r_small = 0.0
+    for k in range(repeat):
+        if k % 2:
+            r_time, r_bytes, r_dir = _one_rsync(name, daemon, work, k)
+            ours, ours_bytes, b, b_dir = _one_sync(name, a, work, k)
+        else:
+            ours, ours_bytes, b, b_dir = _one_sync(name, a, work, k)
+            r_time, r_bytes, r_dir = _one_rsync(name, daemon, work, k)
+        if k == 0:
+            latencies = _latencies(src, b_dir)
+            (src / "latency-rsync.txt").write_bytes(b"one more edit")
+            r_small, _ = daemon.pull(r_dir)
+        b.stop()
+        shutil.rmtree(b_dir)
+        shutil.rmtree(r_dir)
+        rounds.append(
+            {
+                "syncron_s": round(ours, 2),
+                "rsync_s": round(r_time, 2),
+                "ratio": round(ours / r_time, 2),
+                "syncron_wire_mib": round(ours_bytes / 2**20, 1),
+                "rsync_wire_mib": round(r_bytes / 2**20, 1),
+            }
+        )
+    a.stop()
     daemon.stop()
-    latencies.sort()
+    ratios = sorted(r["ratio"] for r in rounds)
     print(
         json.dumps(
             {
                 "measure": f"initial sync {name}",
-                "syncron_s": round(ours, 2),
-                "rsync_s": round(r_time, 2),
-                "time_ratio": round(ours / r_time, 2),
-                "syncron_wire_mib": round(ours_bytes / 2**20, 1),
-                "rsync_wire_mib": round(r_bytes / 2**20, 1),
+                "time_ratio_median": ratios[len(ratios) // 2],
+                "time_ratio_range": [ratios[0], ratios[-1]],
+                "rounds": rounds,
                 "small_change_syncron_median_s": round(latencies[len(latencies) // 2], 3),
                 "small_change_rsync_run_s": round(r_small, 3),
             }
         ),
         flush=True,
     )
-    shutil.rmtree(b_dir)
-    shutil.rmtree(r_dir)
 
 
 def big_file_edits(work: Path, size_mib: int, rnd: random.Random) -> None:
@@ -266,6 +304,7 @@ def main() -> None:
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--small", type=int, default=50_000)
     ap.add_argument("--only", choices=["big", "small", "edits"], default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="rounds per initial sync")
     args = ap.parse_args()
     if not shutil.which("rsync"):
         sys.exit("rsync is not installed (apt-get install rsync)")
@@ -276,12 +315,12 @@ def main() -> None:
         if args.only in (None, "big"):
             src = args.scratch / "big-a"
             make_tree(src, args.big_mib * 2**20, 16 * 1024, 200 * 1024, rnd)
-            initial_sync("big", src, args.scratch)
+            initial_sync("big", src, args.scratch, args.repeat)
             shutil.rmtree(src)
         if args.only in (None, "small"):
             src = args.scratch / "small-a"
             make_count(src, args.small, rnd)
-            initial_sync("small", src, args.scratch)
+            initial_sync("small", src, args.scratch, args.repeat)
             shutil.rmtree(src)
         if args.only in (None, "edits"):
             big_file_edits(args.scratch, args.big_mib, rnd)
