@@ -898,8 +898,8 @@ class Engine:
         Each install batch costs two flushes of the disk, so in a bulk
         transfer completed files wait for company - up to READY_FILES files,
         READY_BYTES bytes or READY_DELAY seconds. When nothing more is on
-        its way (no block requested from anyone), they go at once: a single
-        change is never held back.
+        its way (no block requested from anyone, no record queued), they go at
+        once: a single change is never held back.
         """
         if len(self._ready) >= READY_FILES:
             return True
@@ -907,7 +907,8 @@ class Engine:
             return True
         if sum(j.target.size for j in self._ready) >= READY_BYTES:
             return True
-        return not any(state.blocks for state in self.peers.values())
+        # More is on its way while blocks are requested or records queued.
+        return not self.queue and not any(state.blocks for state in self.peers.values())
 
     def _install_ready(self) -> None:
         """Install the completed jobs together (see :meth:`handle_many`)."""
