@@ -462,7 +462,7 @@ class Node:
             self._timers_wake = trio.Event()  # before looking: no wake-up is lost
             async with self.lock:
                 deadline = self.engine.next_deadline()
-                more = self.engine.has_more()
+                more = self.engine.has_more() and not self._stopping
             if more:
                 # A capped call left work (a big range reply, many files to
                 # start): go on now. Fed from here, not from a connection's
