@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -328,5 +329,47 @@ async def test_bulk_transfer_pauses_the_watcher_and_misses_no_local_edit(
         assert len(list((mb.folder / "d0").iterdir())) == 100
         (mb.folder / "after.txt").write_text("the watcher is back\n")
         await until(lambda: (ma.folder / "after.txt").exists(), 10)
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_full_scan_of_a_big_tree_goes_in_steps_and_lets_sync_in_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncron_p2p.node import runner
+
+    monkeypatch.setattr(runner, "SCAN_STEP", 10)  # 60 records: "big"
+    ma, mb = _pair(tmp_path)
+    for i in range(10):
+        (ma.folder / f"d{i}").mkdir()
+        for j in range(5):
+            (ma.folder / f"d{i}" / f"f{j}.txt").write_text(f"{i} {j}\n")
+    config = _config(ma.folder)
+    config.watch = False  # only the full scan can find the edits below
+    config.scan_interval = 3600.0
+    a = Node(ma, config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert a.listen_address is not None
+        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
+        await nursery.start(b.run)
+        await until(lambda: (mb.folder / "d9" / "f4.txt").exists(), 30)
+        (ma.folder / "d3" / "f1.txt").write_text("edited\n")
+        shutil.rmtree(ma.folder / "d7")
+        (ma.folder / "top.txt").write_text("new at the top\n")
+        steps: list[bool] = []
+        real_scan = a.scan
+
+        async def spy(directories: list[str] | None = None, **kw: bool) -> int:
+            steps.append(a.lock.statistics().owner is trio.lowlevel.current_task())
+            return await real_scan(directories, **kw)
+
+        monkeypatch.setattr(a, "scan", spy)
+        await a.scan()  # a full scan
+        assert len(steps) > 3  # the root, then groups of top-level directories
+        assert not any(steps)  # each step takes the lock itself: not held between steps
+        await until(lambda: (mb.folder / "top.txt").exists(), 10)
+        await until(lambda: not (mb.folder / "d7").exists(), 10)
+        await until(lambda: (mb.folder / "d3" / "f1.txt").read_text() == "edited\n", 10)
         await a.stop()
         await b.stop()

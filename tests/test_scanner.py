@@ -589,3 +589,51 @@ def test_directory_replaced_by_a_special_file_tombstones_its_subtree(folder: Pat
         assert {r.path for r in result.changed} == _OLD_DESCENDANTS | {"d/empty"}
         assert all(r.deleted for r in result.changed)
         assert index.get("d") == before
+
+
+def _stepwise(folder: Path, index: Index, per: int) -> set[tuple[str, bool]]:
+    """A full scan as the node runs it on a big tree (Node._scan_in_steps)."""
+    tops = sorted(d for d in index.live_directories() if "/" not in d)
+    changed = Scanner(folder, index).scan([""], recursive=False).changed
+    for i in range(0, len(tops), per):
+        changed += Scanner(folder, index).scan(tops[i : i + per], recursive=True).changed
+    return {(r.path, r.deleted) for r in changed}
+
+
+def _state(index: Index) -> set[tuple[str, int, bytes, bool]]:
+    return {(r.path, int(r.type), r.content_hash, r.deleted) for r in index.all()}
+
+
+@pytest.mark.parametrize("per", [1, 2, 5])
+def test_a_full_scan_in_steps_finds_what_one_pass_finds(tmp_path: Path, per: int) -> None:
+    trees = [tmp_path / "one-pass", tmp_path / "in-steps"]
+    for root in trees:
+        for d in ("a/x", "b", "c/y/z", "d", "e"):
+            (root / d).mkdir(parents=True)
+            (root / d / "f.txt").write_text(d)
+        (root / "top.txt").write_text("top")
+    indexes = [Index.open(root, NODE) for root in trees]
+    try:
+        for root, index in zip(trees, indexes, strict=True):
+            Scanner(root, index).scan()
+        for root in trees:  # the same changes in both, made while nobody watched
+            (root / "a" / "x" / "f.txt").write_text("edited deep down")
+            (root / "c" / "y" / "new.txt").write_text("new in an old directory")
+            shutil.rmtree(root / "b")  # a vanished top-level directory
+            shutil.rmtree(root / "d")
+            (root / "d").write_text("a file where a directory was")
+            (root / "new" / "deep").mkdir(parents=True)  # a new top-level tree
+            (root / "new" / "deep" / "g.txt").write_text("g")
+            (root / "top.txt").unlink()
+            (root / "root.txt").write_text("a new file at the top")
+            (root / ".gitignore").write_text("e/\n")  # now ignored
+        full = {(r.path, r.deleted) for r in Scanner(trees[0], indexes[0]).scan().changed}
+        steps = _stepwise(trees[1], indexes[1], per)
+        assert steps == full
+        assert _state(indexes[1]) == _state(indexes[0])
+        assert ("b/f.txt", True) in steps and ("new/deep/g.txt", False) in steps
+        # and once more: nothing changed, nothing found
+        assert _stepwise(trees[1], indexes[1], per) == set()
+    finally:
+        for index in indexes:
+            index.close()

@@ -85,6 +85,7 @@ BULK_BACKLOG = 1024  # queued + active remote files that pause the watcher
 BULK_RATE = 256  # ... or remote files applied within one BULK_WINDOW
 BULK_WINDOW = 1.0  # seconds
 APPLIED_LINES = 20  # "updated PATH" log lines per second before summarising
+SCAN_STEP = 4096  # records per locked step of a full scan of a big tree
 
 
 @dataclass(slots=True)
@@ -310,10 +311,14 @@ class Node:
         self._dirty_event.set()
 
     def _scan_sync(
-        self, directories: list[str] | None, now: float, scanner: Scanner
+        self,
+        directories: list[str] | None,
+        now: float,
+        scanner: Scanner,
+        recursive: bool = False,
     ) -> tuple[ScanResult, list[tuple[Effect, bytes | None]], list[str] | None, int | None]:
         # targeted rescans (watcher events, Rescan effects) are per directory
-        result = scanner.scan(directories, recursive=directories is None)
+        result = scanner.scan(directories, recursive=directories is None or recursive)
         effects = self._handle(LocalChanges(tuple(result.changed)), now) if result.changed else []
         dirs: list[str] | None = None
         conflicts: int | None = None
@@ -321,8 +326,21 @@ class Node:
             dirs, conflicts = self.index.live_directories(), count_conflicts(self.index)
         return result, effects, dirs, conflicts
 
-    async def scan(self, directories: list[str] | None = None, *, initial: bool = False) -> int:
-        """Scan (all, or some directories), push the changes; number of changes."""
+    async def scan(
+        self,
+        directories: list[str] | None = None,
+        *,
+        initial: bool = False,
+        recursive: bool = False,
+    ) -> int:
+        """Scan (all, or some directories), push the changes; number of changes.
+
+        ``recursive``: the given directories in full (default: their own
+        entries, as for watcher events). A full scan of a big tree after the
+        initial one goes in steps (:meth:`_scan_in_steps`).
+        """
+        if directories is None and not initial and len(self.index.merkle) > 2 * SCAN_STEP:
+            return await self._scan_in_steps()
         scanner = self.scanner
         stop: Callable[[], None] = lambda: None  # noqa: E731
         if initial and self.config.progress:
@@ -334,7 +352,7 @@ class Node:
             now = trio.current_time()
             try:
                 result, effects, dirs, conflicts = await trio.to_thread.run_sync(
-                    self._scan_sync, directories, now, scanner
+                    self._scan_sync, directories, now, scanner, recursive
                 )
             finally:
                 stop()
@@ -357,6 +375,32 @@ class Node:
         if dirs is not None and self.watcher is not None and self.watcher.active:
             await self.watcher.rewatch(dirs, self._hot_order())
         return len(result.changed)
+
+    async def _scan_in_steps(self) -> int:
+        """A full scan in steps of about SCAN_STEP records, the lock released between.
+
+        One pass over a 50,000-file tree holds the node's lock for seconds, and
+        every change arriving meanwhile waits (the first edit after a bulk
+        transfer waited 1.5 s for the rescan that follows it). The same scan
+        in parts: the root's own entries first (new, vanished or replaced
+        top-level entries, files at the top), then the top-level directories
+        in full, a group at a time.
+        """
+        async with self.lock:
+            tops = await trio.to_thread.run_sync(self.index.live_directories)
+            total = len(self.index.merkle)
+        tops = sorted(d for d in tops if "/" not in d)
+        changed = await self.scan([""])
+        per = max(1, len(tops) * SCAN_STEP // max(total, 1))
+        for i in range(0, len(tops), per):
+            changed += await self.scan(tops[i : i + per], recursive=True)
+        async with self.lock:
+            dirs, self.conflicts = await trio.to_thread.run_sync(
+                lambda: (self.index.live_directories(), count_conflicts(self.index))
+            )
+        if self.watcher is not None and self.watcher.active:
+            await self.watcher.rewatch(dirs, self._hot_order())
+        return changed
 
     def _hot_order(self) -> list[str]:
         return [d for d, _ in sorted(self._hot.items(), key=lambda kv: -kv[1])]
