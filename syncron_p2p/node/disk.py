@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import blake3
 
@@ -445,20 +446,20 @@ def _matches(now: Observation | None, expect: Observation | None) -> bool:
     return True
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    """Linux's syncfs(2): flush one filesystem (None elsewhere)."""
+def _linux_libc(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """The C library's ``name`` (an int-returning call, errno kept), on Linux only."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int]
+    fn.argtypes = list(argtypes)
     fn.restype = ctypes.c_int
-    return fn
+    return fn  # type: ignore[no-any-return]
 
 
-_SYNCFS = _load_syncfs()
+_SYNCFS = _linux_libc("syncfs", ctypes.c_int)  # flush one filesystem
 
 
 def _syncfs(path: Path | str) -> None:
@@ -491,19 +492,9 @@ class _NoReplaceUnsupported(Exception):
     """renameat2(RENAME_NOREPLACE) is not available on this filesystem."""
 
 
-def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_RENAMEAT2 = _load_renameat2()
+_RENAMEAT2 = _linux_libc(
+    "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+)
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
