@@ -591,12 +591,14 @@ def test_directory_replaced_by_a_special_file_tombstones_its_subtree(folder: Pat
         assert index.get("d") == before
 
 
-def _stepwise(folder: Path, index: Index, per: int) -> set[tuple[str, bool]]:
+def _stepwise(folder: Path, index: Index, step: int) -> set[tuple[str, bool]]:
     """A full scan as the node runs it on a big tree (Node._scan_in_steps)."""
-    tops = sorted(d for d in index.live_directories() if "/" not in d)
-    changed = Scanner(folder, index).scan([""], recursive=False).changed
-    for i in range(0, len(tops), per):
-        changed += Scanner(folder, index).scan(tops[i : i + per], recursive=True).changed
+    changed = []
+    for directories, recursive in scanner_mod.full_scan_steps(index, step):
+        if directories != [""]:
+            directories = scanner_mod.still_directories(folder, directories)
+        if directories:
+            changed += Scanner(folder, index).scan(directories, recursive=recursive).changed
     return {(r.path, r.deleted) for r in changed}
 
 
@@ -604,18 +606,23 @@ def _state(index: Index) -> set[tuple[str, int, bytes, bool]]:
     return {(r.path, int(r.type), r.content_hash, r.deleted) for r in index.all()}
 
 
-@pytest.mark.parametrize("per", [1, 2, 5])
-def test_a_full_scan_in_steps_finds_what_one_pass_finds(tmp_path: Path, per: int) -> None:
+@pytest.mark.parametrize("step", [1, 3, 8, 1000])
+def test_a_full_scan_in_steps_finds_what_one_pass_finds(tmp_path: Path, step: int) -> None:
     trees = [tmp_path / "one-pass", tmp_path / "in-steps"]
     for root in trees:
-        for d in ("a/x", "b", "c/y/z", "d", "e"):
-            (root / d).mkdir(parents=True)
+        for d in ("a/x", "b", "c/y/z", "d", "e", "c/w/v", "c/w/u"):
+            (root / d).mkdir(parents=True, exist_ok=True)
             (root / d / "f.txt").write_text(d)
+            (root / d / "g.txt").write_text(d + "g")
         (root / "top.txt").write_text("top")
     indexes = [Index.open(root, NODE) for root in trees]
     try:
         for root, index in zip(trees, indexes, strict=True):
             Scanner(root, index).scan()
+        plan = scanner_mod.full_scan_steps(indexes[1], step)
+        assert plan[0] == ([""], False)  # the root's own entries first
+        if step < 10:  # c holds 12 records: split into its own entries and below
+            assert (["c"], False) in plan
         for root in trees:  # the same changes in both, made while nobody watched
             (root / "a" / "x" / "f.txt").write_text("edited deep down")
             (root / "c" / "y" / "new.txt").write_text("new in an old directory")
@@ -627,13 +634,18 @@ def test_a_full_scan_in_steps_finds_what_one_pass_finds(tmp_path: Path, per: int
             (root / "top.txt").unlink()
             (root / "root.txt").write_text("a new file at the top")
             (root / ".gitignore").write_text("e/\n")  # now ignored
+            shutil.rmtree(root / "c" / "w" / "u")  # vanished inside a split directory
+            (root / "c" / "w" / "v" / "h.txt").write_text("new deep inside")
+            (root / "c" / "w" / "t").mkdir()  # new inside a split directory
+            (root / "c" / "w" / "t" / "i.txt").write_text("i")
         full = {(r.path, r.deleted) for r in Scanner(trees[0], indexes[0]).scan().changed}
-        steps = _stepwise(trees[1], indexes[1], per)
+        steps = _stepwise(trees[1], indexes[1], step)
         assert steps == full
         assert _state(indexes[1]) == _state(indexes[0])
         assert ("b/f.txt", True) in steps and ("new/deep/g.txt", False) in steps
+        assert ("c/w/u/f.txt", True) in steps and ("c/w/t/i.txt", False) in steps
         # and once more: nothing changed, nothing found
-        assert _stepwise(trees[1], indexes[1], per) == set()
+        assert _stepwise(trees[1], indexes[1], step) == set()
     finally:
         for index in indexes:
             index.close()

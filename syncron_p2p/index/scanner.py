@@ -883,6 +883,72 @@ class Scanner:
         self._result.errors.append(ScanError(path, reason))
 
 
+ScanStep = tuple[list[str], bool]  # directories, recursive
+
+
+def full_scan_steps(index: Index, step: int) -> list[ScanStep]:
+    """A full scan cut into steps of about ``step`` indexed records each.
+
+    Run in order, the steps find what one full pass finds: the root's own
+    entries first (new, vanished or replaced top-level entries), then each
+    directory in full, grouped with its neighbours while small; a directory
+    holding more than ``step`` records is itself split: its own entries,
+    then its subdirectories the same way. (A directory with more than
+    ``step`` entries of its own is one step: no finer cut exists.)
+    """
+    merkle = index.merkle
+    children: dict[str, list[str]] = {}
+    for d in sorted(index.live_directories()):
+        children.setdefault(d.rpartition("/")[0], []).append(d)
+
+    def size(d: str) -> int:  # records below d
+        n = merkle.count_in_range(d + "/", d + "0")  # "0" follows "/"
+        return n - 1 if d + "0" in merkle else n
+
+    steps: list[ScanStep] = [([""], False)]
+    group: list[str] = []
+    grouped = 0
+
+    def split(d: str) -> None:
+        nonlocal group, grouped
+        for child in children.get(d, []):
+            n = size(child) + 1
+            if n > step and children.get(child):
+                if group:
+                    steps.append((group, True))
+                    group, grouped = [], 0
+                steps.append(([child], False))
+                split(child)
+                continue
+            group.append(child)
+            grouped += n
+            if grouped >= step:
+                steps.append((group, True))
+                group, grouped = [], 0
+
+    split("")
+    if group:
+        steps.append((group, True))
+    return steps
+
+
+def still_directories(folder: Path, directories: list[str]) -> list[str]:
+    """Those of ``directories`` that still are directories (not symlinks).
+
+    A step's directory that vanished was seen going by its parent's own
+    step, which comes first; scanning it would resolve to that parent and
+    scan all of it again.
+    """
+    out = []
+    for d in directories:
+        try:
+            if stat.S_ISDIR(os.lstat(folder / d).st_mode):
+                out.append(d)
+        except OSError:
+            pass
+    return out
+
+
 def _hash_stable(
     p: _Pending, attempts: int = HASH_RETRIES
 ) -> tuple[_Pending, FileDigest | ScanError]:

@@ -46,7 +46,12 @@ from syncron_p2p.config import Role, Timing
 from syncron_p2p.errors import UsageError
 from syncron_p2p.ids import node_id as node_id_of
 from syncron_p2p.index.db import Index
-from syncron_p2p.index.scanner import Scanner, ScanResult
+from syncron_p2p.index.scanner import (
+    Scanner,
+    ScanResult,
+    full_scan_steps,
+    still_directories,
+)
 from syncron_p2p.mesh import Mesh
 from syncron_p2p.node import control
 from syncron_p2p.node.discovery import Discovery, Event, Found, Gone
@@ -382,18 +387,18 @@ class Node:
         One pass over a 50,000-file tree holds the node's lock for seconds, and
         every change arriving meanwhile waits (the first edit after a bulk
         transfer waited 1.5 s for the rescan that follows it). The same scan
-        in parts: the root's own entries first (new, vanished or replaced
-        top-level entries, files at the top), then the top-level directories
-        in full, a group at a time.
+        in parts (:func:`~syncron_p2p.index.scanner.full_scan_steps`): the
+        root's own entries first, then directories in full, small ones
+        grouped, big ones split into their own entries and subdirectories.
         """
         async with self.lock:
-            tops = await trio.to_thread.run_sync(self.index.live_directories)
-            total = len(self.index.merkle)
-        tops = sorted(d for d in tops if "/" not in d)
-        changed = await self.scan([""])
-        per = max(1, len(tops) * SCAN_STEP // max(total, 1))
-        for i in range(0, len(tops), per):
-            changed += await self.scan(tops[i : i + per], recursive=True)
+            steps = await trio.to_thread.run_sync(full_scan_steps, self.index, SCAN_STEP)
+        changed = 0
+        for directories, recursive in steps:
+            if directories != [""]:
+                directories = still_directories(self.folder, directories)
+            if directories:
+                changed += await self.scan(directories, recursive=recursive)
         async with self.lock:
             dirs, self.conflicts = await trio.to_thread.run_sync(
                 lambda: (self.index.live_directories(), count_conflicts(self.index))
