@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from syncron_p2p.config import Role, Timing
 from syncron_p2p.index.db import Index
 from syncron_p2p.protocol import codec
+from syncron_p2p.protocol.messages import Message
 from syncron_p2p.sync.effects import (
     Close,
     Effect,
@@ -79,6 +80,7 @@ class MeshNet:
         self.wanted: set[tuple[str, str]] = set()
         self.queue: list[tuple[str, str, bytes]] = []
         self.sent_bytes = 0
+        self.sent: list[tuple[str, str, Message]] = []  # (from, to, message), every send
 
     def node(self, i: int) -> Node:
         return self.nodes[f"node{i}"]
@@ -129,6 +131,7 @@ class MeshNet:
                         continue
                     data = codec.encode(message)
                     self.sent_bytes += len(data)
+                    self.sent.append((node.name, peer, message))
                     if self.rng.random() < self.loss:
                         continue
                     self.queue.append((node.name, peer, data))

@@ -10,7 +10,6 @@ import pytest
 from meshnet import MeshNet
 
 from syncron_p2p.node.disk import RealDisk
-from syncron_p2p.protocol import codec
 from syncron_p2p.protocol.messages import (
     INLINE_FEATURE,
     NodeRequest,
@@ -180,27 +179,22 @@ def test_a_moved_tree_of_small_files_is_rebuilt_locally_not_sent_again() -> None
     assert receiver["blocks_local"] >= 8
 
 
-def test_a_node_holding_most_records_asks_for_no_content(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_node_holding_most_records_asks_for_no_content() -> None:
     net = MeshNet(2, seed=13, shuffle=False)
     _fill(net, 100)
     net.connect_all()
     net.run()
     net.disconnect("node0", "node1")
-    net.edit(0, lambda d: [d.write(f"new/f{i}.txt", b"%d" % i) for i in range(10)])  # type: ignore[attr-defined]
-    asked: list[RangeRequest | RecordRequest] = []
-    real = net._execute
-
-    def spy(node, effects):  # type: ignore[no-untyped-def]
-        for e in effects:
-            if isinstance(e, Send) and isinstance(e.message, RangeRequest | RecordRequest):
-                asked.append(e.message)
-        real(node, effects)
-
-    monkeypatch.setattr(net, "_execute", spy)
+    # 60 new files in a subtree node1 holds nothing of (whole ranges to pull),
+    # while it holds 107 of the 168 records: not joining, so no content inline
+    net.edit(0, lambda d: [d.write(f"zz/f{i:02d}.txt", b"%d" % i) for i in range(60)])  # type: ignore[attr-defined]
+    before = len(net.sent)
     net.connect("node0", "node1")
     net.run()
     assert net.files(1) == net.files(0)
-    assert asked and all(m.inline == 0 for m in asked)  # 100 of 110 held: no content inline
+    asked = [m for _, _, m in net.sent[before:] if isinstance(m, RangeRequest | RecordRequest)]
+    assert any(isinstance(m, RangeRequest) for m in asked)
+    assert all(m.inline == 0 for m in asked)
 
 
 def test_a_big_range_reply_is_spread_over_calls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,27 +249,9 @@ def test_a_pulling_node_does_not_announce_each_step_of_its_root(
     net = MeshNet(2, seed=9, shuffle=False)
     _fill(net, 200)
     net.connect_all()
-    roots_from_receiver = 0
-
-    def count(new: list[tuple[str, str, bytes]]) -> None:
-        nonlocal roots_from_receiver
-        for src, _, data in new:
-            if src == "node1" and isinstance(codec.decode_body(data[codec.HEADER :]), Root):
-                roots_from_receiver += 1
-
-    while True:
-        before = len(net.queue)
-        if net.step():  # (pops the oldest message, appends what it caused)
-            count(net.queue[before - 1 :])
-            continue
-        if net.converged():
-            break
-        net.now += 1.0
-        for name in ("node0", "node1"):
-            before = len(net.queue)
-            net._feed(name, Tick())
-            count(net.queue[before:])
+    net.run()
     assert net.files(1) == net.files(0)
+    roots_from_receiver = sum(1 for src, _, m in net.sent if src == "node1" and isinstance(m, Root))
     # its first root, answers to the sender's anti-entropy roots, the final
     # one (pushing after every drained call: 13 here)
     assert roots_from_receiver <= 6
