@@ -67,6 +67,12 @@ from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.paths import parent
 
 SCHEMA_VERSION = 3
+# A checkpoint syncs the WAL and the database file: at SQLite's default (every
+# 1,000 pages) a bulk transfer checkpointed every few batches (20,000 puts in
+# batches of 256: 115 µs per put, 103 µs with 4,096 pages). 4,096 pages =
+# 16 MiB of WAL; the file is cut back to WAL_SIZE_LIMIT after a checkpoint.
+WAL_CHECKPOINT_PAGES = 4096
+WAL_SIZE_LIMIT = 64 * 2**20
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -229,6 +235,8 @@ class Index:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             conn.execute("PRAGMA foreign_keys=ON")
             _migrate(conn, node_id)
         except sqlite3.DatabaseError as exc:
