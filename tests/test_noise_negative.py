@@ -543,3 +543,15 @@ def test_zero_copy_paths_match_the_spec_paths() -> None:
         b2.decrypt_in_place(forged, 0, len(forged))
     with pytest.raises(NoiseError):  # the direction is dead now
         b2.decrypt_in_place(bytearray(a2.encrypt(b"ok")), 0, 18)
+
+
+def test_the_cipher_changes_only_before_the_first_transport_message() -> None:
+    init, resp = make("Noise_NN_25519_ChaChaPoly_BLAKE2b")
+    resp.read_message(init.write_message(b""))
+    init.read_message(resp.write_message(b""))
+    tx, rx = init.split(), resp.split()
+    rx.decrypt(tx.encrypt(b"one"))
+    with pytest.raises(ValueError):
+        tx.use_cipher(noise.CHACHAPOLY)
+    with pytest.raises(ValueError):
+        noise.CipherState(bytes(32), "Rot13")

@@ -12,13 +12,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncron_p2p.crypto.noise import (
+    AESGCM,
+    CHACHAPOLY,
     MAX_MESSAGE,
     MESH_HANDSHAKE_LENGTHS,
     HandshakeState,
     NoiseError,
     TransportState,
+    aesgcm_available,
     generate_keypair,
+    mesh_choose,
+    mesh_chosen,
     mesh_handshake,
+    mesh_offer,
 )
 from syncron_p2p.node.secure_stream import SecureStream
 
@@ -107,12 +113,93 @@ async def test_large_sends_are_split_into_bounded_noise_messages() -> None:
         lengths.append(n)
         pos += 2 + n
     assert pos == len(wire)
-    assert lengths[:2] == [MESH_HANDSHAKE_LENGTHS[0], MESH_HANDSHAKE_LENGTHS[2]]
+    # Message 1 carries the cipher offer, message 3 nothing.
+    offer = len(mesh_offer())
+    assert lengths[:2] == [MESH_HANDSHAKE_LENGTHS[0] + offer, MESH_HANDSHAKE_LENGTHS[2]]
     transport = lengths[2:]
     assert all(n <= MAX_MESSAGE for n in transport)
     assert max(transport) == MAX_MESSAGE
     assert sum(n - 16 for n in transport) == len(payload)
     assert payload not in wire and payload[:64] not in wire
+
+
+# -- the transport cipher negotiated in the handshake --------------------
+
+
+async def _exchange(left: SecureStream, right: SecureStream) -> None:
+    """Both directions carry data (each side decrypts what the other sealed)."""
+    data = os.urandom(100_000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(left.send_all, data)
+        got = bytearray()
+        while len(got) < len(data):
+            got += await right.receive_some()
+    assert bytes(got) == data
+    await right.send_all(b"back")
+    assert await left.receive_some() == b"back"
+
+
+@pytest.mark.skipif(not aesgcm_available(), reason="no hardware AES-GCM here")
+async def test_two_nodes_with_aes_hardware_use_aesgcm() -> None:
+    left, right = pair(*trio.testing.memory_stream_pair())
+    await _exchange(left, right)
+    assert left.cipher == right.cipher == AESGCM
+    assert left.handshake_hash == right.handshake_hash
+
+
+@pytest.mark.parametrize("chacha_only", ["initiator", "responder"])
+async def test_a_node_without_aesgcm_gets_chachapoly(chacha_only: str) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    only = [CHACHAPOLY]
+    left = SecureStream.mesh(
+        a,
+        initiator=True,
+        static=generate_keypair(),
+        mesh_secret=SECRET,
+        transport_ciphers=only if chacha_only == "initiator" else [AESGCM, CHACHAPOLY],
+    )
+    right = SecureStream.mesh(
+        b,
+        initiator=False,
+        static=generate_keypair(),
+        mesh_secret=SECRET,
+        transport_ciphers=only if chacha_only == "responder" else [AESGCM, CHACHAPOLY],
+    )
+    if not aesgcm_available():  # the test still runs: both sides offer ChaChaPoly
+        left._ciphers = right._ciphers = (CHACHAPOLY,)
+    await _exchange(left, right)
+    assert left.cipher == right.cipher == CHACHAPOLY
+
+
+async def test_a_node_that_negotiates_nothing_talks_chachapoly() -> None:
+    # A node that sends empty handshake payloads (no offer, no pick) gets
+    # ChaChaPoly from a negotiating peer, in either role.
+    for plain_initiator in (True, False):
+        a, b = trio.testing.memory_stream_pair()
+        keys = generate_keypair(), generate_keypair()
+        plain = SecureStream(a, mesh_handshake(plain_initiator, keys[0], SECRET))
+        negotiating = SecureStream.mesh(
+            b, initiator=not plain_initiator, static=keys[1], mesh_secret=SECRET
+        )
+        left, right = (plain, negotiating) if plain_initiator else (negotiating, plain)
+        await _exchange(left, right)
+        assert plain.cipher == negotiating.cipher == CHACHAPOLY
+
+
+def test_cipher_offers_and_picks() -> None:
+    assert mesh_choose(b"", [AESGCM, CHACHAPOLY]) == CHACHAPOLY
+    assert mesh_choose(b"AESGCM,ChaChaPoly", [CHACHAPOLY]) == CHACHAPOLY
+    assert mesh_choose(b"AESGCM,ChaChaPoly", [AESGCM, CHACHAPOLY]) == AESGCM
+    # The initiator's preference wins; unknown names are skipped.
+    assert mesh_choose(b"Future,ChaChaPoly,AESGCM", [AESGCM, CHACHAPOLY]) == CHACHAPOLY
+    for bad in (b"Future", b"AESGCM", "ChaChaPoly\u00e9".encode(), b"x" * 300):
+        with pytest.raises(NoiseError):
+            mesh_choose(bad, [CHACHAPOLY])
+    assert mesh_chosen(b"", [AESGCM, CHACHAPOLY]) == CHACHAPOLY
+    assert mesh_chosen(b"AESGCM", [AESGCM, CHACHAPOLY]) == AESGCM
+    for bad in (b"AESGCM", b"\xff", b"Future"):
+        with pytest.raises(NoiseError):
+            mesh_chosen(bad, [CHACHAPOLY])
 
 
 async def test_remote_static_and_handshake_hash() -> None:

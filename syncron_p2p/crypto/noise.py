@@ -1,12 +1,17 @@
-"""The Noise Protocol Framework, revision 34, for ``25519_ChaChaPoly_BLAKE2b``.
+"""The Noise Protocol Framework, revision 34, for ``25519_ChaChaPoly_BLAKE2b``
+and ``25519_AESGCM_BLAKE2b``.
 
 Pure code (no I/O, no clock): bytes in, bytes out, in the spec's own objects.
 
 * :class:`CipherState`, :class:`SymmetricState` and :class:`HandshakeState`
   follow sections 5.1-5.3 of the spec word for word; DH is X25519
-  (``crypto_scalarmult``), the cipher ChaCha20-Poly1305 IETF with the nonce
-  ``4 zero bytes || n as 8 bytes little-endian``, the hash BLAKE2b-512 with
-  HMAC and HKDF exactly as section 4.3 defines them.
+  (``crypto_scalarmult``), the hash BLAKE2b-512 with HMAC and HKDF exactly as
+  section 4.3 defines them. Two cipher functions (section 12.3):
+  ``ChaChaPoly`` (ChaCha20-Poly1305 IETF, nonce ``4 zero bytes || n as 8
+  bytes little-endian``) and ``AESGCM`` (AES-256-GCM, nonce ``4 zero bytes ||
+  n as 8 bytes big-endian``). AESGCM exists only where libsodium runs it in
+  hardware (AES-NI and CLMUL, or the ARMv8 crypto extensions) and PyNaCl
+  binds it (1.6+): :func:`aesgcm_available`.
 * One generic engine runs every handshake pattern in :data:`PATTERNS` (the
   one-way, the fundamental interactive and the deferred patterns of section
   7), with any combination of ``pskN`` modifiers (``XXpsk0``, ``IKpsk2``,
@@ -43,6 +48,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import nacl.bindings as _bindings
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
 from nacl.bindings import (
@@ -63,9 +69,66 @@ TAGLEN = 16
 MAX_MESSAGE = 65535
 MAX_PLAINTEXT = MAX_MESSAGE - TAGLEN
 MAX_NONCE = 2**64 - 1
-SUITE = "25519_ChaChaPoly_BLAKE2b"
+CHACHAPOLY = "ChaChaPoly"
+AESGCM = "AESGCM"
 _ZEROS32 = bytes(32)
 _NONCE = struct.Struct("<4xQ")
+
+
+@dataclass(frozen=True, slots=True)
+class _Aead:
+    """One cipher function: libsodium's AEAD pair, as PyNaCl wraps it and raw."""
+
+    name: str
+    nonce: struct.Struct
+    encrypt: Callable[[bytes, bytes | None, bytes, bytes], bytes]
+    decrypt: Callable[[bytes, bytes | None, bytes, bytes], bytes]
+    raw_encrypt: Callable[..., int]
+    raw_decrypt: Callable[..., int]
+
+
+def _aesgcm() -> _Aead | None:
+    """AES-256-GCM, when libsodium runs it in hardware and PyNaCl binds it."""
+    try:
+        available = _lib.crypto_aead_aes256gcm_is_available()
+        aead = _Aead(
+            AESGCM,
+            struct.Struct(">4xQ"),
+            _bindings.crypto_aead_aes256gcm_encrypt,
+            _bindings.crypto_aead_aes256gcm_decrypt,
+            _lib.crypto_aead_aes256gcm_encrypt,
+            _lib.crypto_aead_aes256gcm_decrypt,
+        )
+    except AttributeError:  # PyNaCl before 1.6
+        return None
+    return aead if available == 1 else None
+
+
+_CIPHERS: dict[str, _Aead] = {
+    CHACHAPOLY: _Aead(
+        CHACHAPOLY,
+        _NONCE,
+        crypto_aead_chacha20poly1305_ietf_encrypt,
+        crypto_aead_chacha20poly1305_ietf_decrypt,
+        _lib.crypto_aead_chacha20poly1305_ietf_encrypt,
+        _lib.crypto_aead_chacha20poly1305_ietf_decrypt,
+    )
+}
+if (_aes := _aesgcm()) is not None:
+    _CIPHERS[AESGCM] = _aes
+
+SUITES = tuple(f"25519_{cipher}_BLAKE2b" for cipher in _CIPHERS)
+"""The suites :class:`HandshakeState` runs on this machine."""
+
+
+def aesgcm_available() -> bool:
+    """True when this machine can use the AESGCM cipher functions."""
+    return AESGCM in _CIPHERS
+
+
+def ciphers() -> tuple[str, ...]:
+    """The cipher functions available here, fastest first."""
+    return tuple(sorted(_CIPHERS, key=lambda name: name != AESGCM))
 
 
 class NoiseError(CryptoError):
@@ -145,15 +208,27 @@ def hkdf(chaining_key: bytes, input_key_material: bytes, num_outputs: int) -> li
 
 
 class CipherState:
-    """Section 5.1: a key ``k`` (or none) and a 64-bit nonce ``n``."""
+    """Section 5.1: a key ``k`` (or none) and a 64-bit nonce ``n``.
 
-    __slots__ = ("k", "n")
+    ``cipher`` names the cipher functions (:data:`CHACHAPOLY` or
+    :data:`AESGCM`); :class:`ValueError` for one this machine lacks.
+    """
 
-    def __init__(self, key: bytes | None = None) -> None:
+    __slots__ = ("_aead", "k", "n")
+
+    def __init__(self, key: bytes | None = None, cipher: str = CHACHAPOLY) -> None:
+        aead = _CIPHERS.get(cipher)
+        if aead is None:
+            raise ValueError(f"cipher {cipher!r} is not available here")
+        self._aead = aead
         self.k: bytes | None = None
         self.n = 0
         if key is not None:
             self.initialize_key(key)
+
+    @property
+    def cipher(self) -> str:
+        return self._aead.name
 
     def initialize_key(self, key: bytes | None) -> None:
         """Set ``k`` (``None`` empties it) and reset ``n`` to zero."""
@@ -173,7 +248,7 @@ class CipherState:
     def _next_nonce(self) -> bytes:
         if self.n >= MAX_NONCE:
             raise NoiseError
-        return _NONCE.pack(self.n)
+        return self._aead.nonce.pack(self.n)
 
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         """ENCRYPT(k, n++, ad, plaintext), or ``plaintext`` itself when ``k`` is empty."""
@@ -181,9 +256,7 @@ class CipherState:
         if k is None:
             return bytes(plaintext)
         nonce = self._next_nonce()
-        out: bytes = crypto_aead_chacha20poly1305_ietf_encrypt(
-            bytes(plaintext), bytes(ad) or None, nonce, k
-        )
+        out: bytes = self._aead.encrypt(bytes(plaintext), bytes(ad) or None, nonce, k)
         self.n += 1
         return out
 
@@ -196,9 +269,7 @@ class CipherState:
         if len(ciphertext) < TAGLEN:
             raise NoiseError
         try:
-            out: bytes = crypto_aead_chacha20poly1305_ietf_decrypt(
-                bytes(ciphertext), bytes(ad) or None, nonce, k
-            )
+            out: bytes = self._aead.decrypt(bytes(ciphertext), bytes(ad) or None, nonce, k)
         except _NaclCryptoError:
             raise NoiseError from None
         self.n += 1
@@ -227,7 +298,7 @@ class CipherState:
             _ffi.from_buffer("unsigned char[]", out, require_writable=True) as dst,
             _ffi.from_buffer("unsigned char[]", plaintext) as src,
         ):
-            rc = _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+            rc = self._aead.raw_encrypt(
                 dst + at, _ffi.NULL, src, len(plaintext), _ffi.NULL, 0, _ffi.NULL, nonce, k
             )
         if rc != 0:  # pragma: no cover - libsodium never fails to encrypt
@@ -250,7 +321,7 @@ class CipherState:
             raise NoiseError
         with _ffi.from_buffer("unsigned char[]", buf, require_writable=True) as data:
             region = data + start
-            rc = _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+            rc = self._aead.raw_decrypt(
                 region, _ffi.NULL, _ffi.NULL, region, size, _ffi.NULL, 0, nonce, k
             )
         if rc != 0:
@@ -262,8 +333,8 @@ class CipherState:
         """Section 4.2 REKEY: ``k = ENCRYPT(k, maxnonce, zerolen, zeros)[:32]``; ``n`` kept."""
         if self.k is None:
             raise ValueError("cannot rekey an empty CipherState")
-        nonce = _NONCE.pack(MAX_NONCE)
-        self.k = crypto_aead_chacha20poly1305_ietf_encrypt(_ZEROS32, None, nonce, self.k)[:KEYLEN]
+        nonce = self._aead.nonce.pack(MAX_NONCE)
+        self.k = self._aead.encrypt(_ZEROS32, None, nonce, self.k)[:KEYLEN]
 
 
 # ----------------------------------------------------------- SymmetricState
@@ -274,13 +345,13 @@ class SymmetricState:
 
     __slots__ = ("cipher", "ck", "h")
 
-    def __init__(self, protocol_name: bytes) -> None:
+    def __init__(self, protocol_name: bytes, cipher: str = CHACHAPOLY) -> None:
         if len(protocol_name) <= HASHLEN:
             self.h = protocol_name.ljust(HASHLEN, b"\x00")
         else:
             self.h = _hash(protocol_name)
         self.ck = self.h
-        self.cipher = CipherState()
+        self.cipher = CipherState(cipher=cipher)
 
     def mix_key(self, input_key_material: bytes) -> None:
         self.ck, temp_k = hkdf(self.ck, input_key_material, 2)
@@ -309,7 +380,8 @@ class SymmetricState:
 
     def split(self) -> tuple[CipherState, CipherState]:
         temp_k1, temp_k2 = hkdf(self.ck, b"", 2)
-        return CipherState(temp_k1[:KEYLEN]), CipherState(temp_k2[:KEYLEN])
+        cipher = self.cipher.cipher
+        return CipherState(temp_k1[:KEYLEN], cipher), CipherState(temp_k2[:KEYLEN], cipher)
 
 
 # ----------------------------------------------------------------- patterns
@@ -414,7 +486,7 @@ def parse_protocol_name(protocol_name: str) -> HandshakePattern:
     suite, an unknown pattern or modifier, a ``pskN`` beyond the last message).
     """
     match = _NAME_RE.fullmatch(protocol_name)
-    if not match or match.group(3) != SUITE or match.group(1) not in PATTERNS:
+    if not match or match.group(3) not in SUITES or match.group(1) not in PATTERNS:
         raise ValueError(f"unsupported Noise protocol {protocol_name!r}")
     base = PATTERNS[match.group(1)]
     messages = [list(m) for m in base.messages]
@@ -434,6 +506,12 @@ def parse_protocol_name(protocol_name: str) -> HandshakePattern:
         base.responder_pre,
         tuple(tuple(m) for m in messages),
     )
+
+
+def protocol_cipher(protocol_name: str) -> str:
+    """The cipher functions a protocol name (one :func:`supports`) names."""
+    parse_protocol_name(protocol_name)
+    return protocol_name.rsplit("_", 2)[1]
 
 
 def supports(protocol_name: str) -> bool:
@@ -520,6 +598,23 @@ class TransportState:
             self._dead = True
             raise
 
+    @property
+    def cipher(self) -> str:
+        return self.send_cipher.cipher
+
+    def use_cipher(self, cipher: str) -> None:
+        """Switch both directions to other cipher functions, keys unchanged.
+
+        For a cipher negotiated inside the handshake (see :func:`mesh_offer`):
+        allowed only before the first transport message either way. The split
+        keys are uniform 32-byte keys, which is all either cipher asks of a key.
+        """
+        send, recv = self.send_cipher, self.recv_cipher
+        if send.n or recv.n or send.k is None or recv.k is None:
+            raise ValueError("the cipher can only change before the first transport message")
+        self.send_cipher = CipherState(send.k, cipher)
+        self.recv_cipher = CipherState(recv.k, cipher)
+
     def rekey_send(self) -> None:
         self.send_cipher.rekey()
 
@@ -571,7 +666,9 @@ class HandshakeState:
         self._failed = False
         self._transport: TransportState | None = None
         self._check_keys()
-        self.symmetric = SymmetricState(protocol_name.encode("ascii"))
+        self.symmetric = SymmetricState(
+            protocol_name.encode("ascii"), protocol_cipher(protocol_name)
+        )
         self.symmetric.mix_hash(bytes(prologue))
         # Pre-messages: the initiator's first, then the responder's.
         for tokens, theirs in (
@@ -770,6 +867,10 @@ def mesh_handshake(
     before it has sent anything or revealed its static key. Statics travel
     encrypted in messages 2 and 3; afterwards :attr:`HandshakeState.remote_static`
     is the authenticated peer key to check against the peers registry.
+
+    The payloads of messages 1 and 2 choose the transport cipher
+    (:func:`mesh_offer`, :func:`mesh_choose`, :func:`mesh_chosen`); the
+    handshake itself always runs ChaChaPoly.
     """
     if len(mesh_secret) != 32:
         raise ValueError("the mesh secret is 32 bytes")
@@ -781,3 +882,49 @@ def mesh_handshake(
         psks=[mesh_secret],
         ephemeral_factory=ephemeral_factory,
     )
+
+
+# ------------------------------------------------- mesh transport cipher
+
+MAX_OFFER = 256
+"""Longest cipher offer (message 1 payload) a responder reads."""
+
+
+def mesh_offer(available: Sequence[str] | None = None) -> bytes:
+    """Message 1's payload: the transport ciphers the initiator takes, preferred first.
+
+    ASCII names joined by commas, e.g. ``b"AESGCM,ChaChaPoly"``.
+    """
+    names = ciphers() if available is None else tuple(available)
+    return ",".join(names).encode("ascii")
+
+
+def mesh_choose(offer: bytes, available: Sequence[str] | None = None) -> str:
+    """The responder's pick: the first offered cipher it also has.
+
+    An empty offer (a node that offers nothing) means ChaChaPoly; names this
+    node does not know are skipped. :class:`NoiseError` for an offer that is
+    not ASCII names, is too long, or shares no cipher with ``available``.
+    """
+    have = ciphers() if available is None else tuple(available)
+    if not offer:
+        names = [CHACHAPOLY]
+    else:
+        if len(offer) > MAX_OFFER or not offer.isascii():
+            raise NoiseError
+        names = offer.decode("ascii").split(",")
+    for name in names:
+        if name in have:
+            return name
+    raise NoiseError
+
+
+def mesh_chosen(reply: bytes, offered: Sequence[str]) -> str:
+    """The initiator's reading of message 2's payload: the cipher to use.
+
+    Empty means ChaChaPoly. :class:`NoiseError` for a cipher that was not offered.
+    """
+    name = CHACHAPOLY if not reply else reply.decode("ascii", "replace")
+    if name not in offered:
+        raise NoiseError
+    return name

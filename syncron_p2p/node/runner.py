@@ -571,7 +571,7 @@ class Node:
         self.connections[peer_id] = conn
         gone = self._gone[peer_id] = trio.Event()
         await self.feed(PeerUp(peer_id))
-        log.info("connected to %s at %s", peer_id, address)
+        log.info("connected to %s at %s (%s)", peer_id, address, secure.cipher)
         task_status.started(peer_id)
         reason = await conn.run(self._on_message)
         if self.connections.get(peer_id) is conn:

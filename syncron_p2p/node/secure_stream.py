@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import enum
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import trio
@@ -53,7 +53,11 @@ from syncron_p2p.crypto.noise import (
     KeyPair,
     NoiseError,
     TransportState,
+    ciphers,
+    mesh_choose,
+    mesh_chosen,
     mesh_handshake,
+    mesh_offer,
 )
 
 LENGTH_BYTES = 2
@@ -106,10 +110,15 @@ class SecureStream(trio.abc.Stream):
         handshake: HandshakeState,
         *,
         accept_remote: Callable[[bytes], bool] | None = None,
+        transport_ciphers: Sequence[str] | None = None,
     ) -> None:
         self.transport_stream = transport_stream
         self._handshake = handshake
         self._accept_remote = accept_remote
+        # The mesh handshake's payloads negotiate the transport cipher among
+        # these (None: the handshake's own cipher, nothing negotiated).
+        self._ciphers = None if transport_ciphers is None else tuple(transport_ciphers)
+        self._cipher: str | None = None
         self._remote_checked = False
         self._transport: TransportState | None = None
         self._state = _State.HANDSHAKE
@@ -130,12 +139,19 @@ class SecureStream(trio.abc.Stream):
         static: KeyPair,
         mesh_secret: bytes,
         accept_remote: Callable[[bytes], bool] | None = None,
+        transport_ciphers: Sequence[str] | None = None,
     ) -> SecureStream:
-        """A stream speaking the mesh handshake (``Noise_XXpsk0``, mesh secret as PSK)."""
+        """A stream speaking the mesh handshake (``Noise_XXpsk0``, mesh secret as PSK).
+
+        The transport cipher is negotiated in the handshake among
+        ``transport_ciphers`` (default: every one this machine has, fastest
+        first): AESGCM when both ends run it in hardware, else ChaChaPoly.
+        """
         return cls(
             transport_stream,
             mesh_handshake(initiator, static, mesh_secret),
             accept_remote=accept_remote,
+            transport_ciphers=ciphers() if transport_ciphers is None else transport_ciphers,
         )
 
     # -- what the handshake established ------------------------------------
@@ -150,6 +166,13 @@ class SecureStream(trio.abc.Stream):
         if self._transport is None or self._transport.remote_static is None:
             raise RuntimeError("the handshake has not finished")
         return self._transport.remote_static
+
+    @property
+    def cipher(self) -> str:
+        """The transport cipher functions in use (after the handshake)."""
+        if self._transport is None:
+            raise RuntimeError("the handshake has not finished")
+        return self._transport.cipher
 
     @property
     def handshake_hash(self) -> bytes:
@@ -222,9 +245,10 @@ class SecureStream(trio.abc.Stream):
 
     async def _run_handshake(self) -> None:
         hs = self._handshake
+        index = 0
         while not hs.is_finished:
             if hs.is_my_turn:
-                message = hs.write_message(b"")
+                message = hs.write_message(self._payload(index))
                 await self._send_raw(len(message).to_bytes(LENGTH_BYTES, "big") + message)
             else:
                 body = await self._read_frame()
@@ -232,12 +256,35 @@ class SecureStream(trio.abc.Stream):
                     raise trio.BrokenResourceError(
                         "peer closed the connection during the handshake"
                     )
-                hs.read_message(body)
+                self._received_payload(index, hs.read_message(body))
+            index += 1
             if not self._remote_checked and hs.remote_static is not None:
                 self._remote_checked = True
                 if self._accept_remote is not None and not self._accept_remote(hs.remote_static):
                     raise NoiseError
-        self._transport = hs.split()
+        transport = hs.split()
+        if self._ciphers is not None:
+            if self._cipher is None:  # a handshake of fewer than two messages
+                raise NoiseError
+            transport.use_cipher(self._cipher)
+        self._transport = transport
+
+    def _payload(self, index: int) -> bytes:
+        """What handshake message ``index`` carries: the cipher offer, then the pick."""
+        if self._ciphers is None or index > 1:
+            return b""
+        if index == 0:
+            return mesh_offer(self._ciphers)
+        assert self._cipher is not None  # chosen on reading message 0
+        return self._cipher.encode("ascii")
+
+    def _received_payload(self, index: int, payload: bytes) -> None:
+        if self._ciphers is None or index > 1:
+            return
+        if index == 0:
+            self._cipher = mesh_choose(payload, self._ciphers)
+        else:
+            self._cipher = mesh_chosen(payload, self._ciphers)
         self._state = _State.OPEN
 
     # -- trio.abc.Stream ---------------------------------------------------
