@@ -440,16 +440,14 @@ class Engine:
         if msg.root == mine:
             self.synced[peer] = self.store.last_sequence
         elif self.role != Role.SEND_ONLY and state.descent is None:
-            if self._busy():
-                # Everything still queued would be fetched again by a new
-                # descent: compare once the work has drained (see _pump).
+            if self.queue or self.jobs:
+                # Every range still being applied would be fetched again by
+                # a new descent: compare once the work has drained (_pump).
+                # (A job nobody can serve is dropped after request_timeout.)
                 state.descend_later = True
             else:
                 self._descend(peer, state)
         self._send_root(peer, state)
-
-    def _busy(self) -> bool:
-        return len(self.queue) + len(self.jobs) >= MAX_ACTIVE_JOBS
 
     def _descend(self, peer: str, state: PeerState) -> None:
         state.descend_later = False
@@ -739,7 +737,7 @@ class Engine:
             self._install_ready()  # frees job slots: start more
         if not self.jobs and not self.queue and self.deletes:
             self._run_deletes()
-        if not self._busy():
+        if not self.queue and not self.jobs:
             mine = self.store.merkle.root()
             for peer, state in self.peers.items():
                 if state.descend_later and state.descent is None and state.session.active:

@@ -3,9 +3,12 @@
 The puller asks for the children of the peer's root, compares each child
 with its own node of the same level and end key (equal hash: identical
 subtree, skipped), and descends only into children that differ. Small
-children (at most :data:`SMALL_RANGE` records) and ranges where the puller
-holds nothing are fetched as whole key ranges instead of descended, so an
-initial sync costs two round trips and then streams records. At level 1
+children (at most :data:`SMALL_RANGE` records, unless the puller holds more
+records there than the peer) and ranges where the puller holds nothing are
+fetched as whole key ranges instead of descended, so an initial sync costs two
+round trips and then streams records, and a node descending into a joining
+peer's half-filled tree compares leaf digests rather than fetching back its
+own records. At level 1
 the children are leaves: ``(path, entry digest)``, and the puller asks for
 exactly the records whose digest differs from its own.
 
@@ -56,8 +59,13 @@ class Descent:
                 mine = merkle.node(node.level - 1, child.end)
                 if mine is not None and mine.hash == child.hash:
                     continue
-                if child.count <= SMALL_RANGE or merkle.count_in_range(lo, hi) == 0:
+                held = merkle.count_in_range(lo, hi)
+                if held == 0 or held <= child.count <= SMALL_RANGE:
                     want_ranges.append((lo, hi))
                 else:
+                    # Big, or we hold more than the peer: it is likely a subset
+                    # of ours (a joining peer, half filled from us). Leaf
+                    # digests then show it has nothing new, and whole ranges
+                    # would bring back every record we hold.
                     want_nodes.append((node.level - 1, child.end))
         return want_nodes, want_ranges, want_paths
