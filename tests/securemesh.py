@@ -73,6 +73,7 @@ class SecureMesh:
                     users=index.with_content,
                     stamp=lambda p, index=index: index.merkle.leaf(p),
                     submit=self.pool.submit,
+                    sealed=index.is_sealed,
                 )
             engine = Engine(
                 index,

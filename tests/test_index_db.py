@@ -122,3 +122,30 @@ def test_dir_summaries_are_dropped_by_any_change_below(tmp_path: Path) -> None:
         assert index.dir_summary("e") is None and index.dir_summary("") == summary
         index.set_dir_summaries([("", None)])
         assert index.dir_summary("") is None
+
+
+def test_sealed_paths_are_known_without_reading_records(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    idx = Index.open(tmp_path, "NODE")
+    secret = replace(rec("a.key", b"ciphertext" * 10), sealed=True)
+    idx.put([secret, rec("plain.txt")])
+    assert idx.is_sealed("a.key") and not idx.is_sealed("plain.txt")
+    # a failed batch leaves the memory as the database
+    with pytest.raises(RuntimeError), idx.batch():
+        idx.put([replace(rec("b.key"), sealed=True)])
+        assert idx.is_sealed("b.key")
+        raise RuntimeError
+    assert not idx.is_sealed("b.key")
+    idx.close()
+    idx = Index.open(tmp_path, "NODE")
+    assert idx.is_sealed("a.key")
+    # no longer sealed: rewritten unsealed, deleted, or forgotten
+    idx.put([rec("a.key", b"plain now", n=2)])
+    assert not idx.is_sealed("a.key")
+    idx.put([replace(rec("c.key", b"c" * 50), sealed=True)])
+    idx.put([replace(rec("c.key", b"", n=2), deleted=True, sealed=False)])
+    assert not idx.is_sealed("c.key")
+    idx.put([replace(rec("d.key", b"d" * 50), sealed=True)])
+    idx.forget(["d.key"])
+    assert not idx.is_sealed("d.key")

@@ -478,3 +478,25 @@ def test_a_read_given_its_record_needs_no_lookup() -> None:
     assert blake3.blake3(sealed).digest() == rec.blocks[0].hash  # the sealed block
     with pytest.raises(AssertionError):
         disk.read_block("keys/a", 0, rec.blocks[0].size)  # without it: looked up
+
+
+def test_a_block_of_an_ordinary_file_is_read_without_a_record() -> None:
+    from syncron_p2p.sync.memory_disk import MemoryDisk
+    from syncron_p2p.sync.sealed_disk import SealedDisk
+
+    inner = MemoryDisk()
+    inner.write("notes.txt", b"plain text " * 10)
+    inner.write("keys/a", b"x" * 100)
+    rec = sealed_record()
+    looked_up: list[str] = []
+
+    def lookup(path: str) -> Record | None:
+        looked_up.append(path)
+        return rec if path == "keys/a" else None
+
+    disk = SealedDisk(inner, KEY, lookup, sealed=lambda p: p == "keys/a")
+    assert disk.read_block("notes.txt", 0, 11) == b"plain text "
+    assert looked_up == []
+    sealed = disk.read_block("keys/a", 0, rec.blocks[0].size)
+    assert sealed is not None and blake3.blake3(sealed).digest() == rec.blocks[0].hash
+    assert looked_up == ["keys/a"]

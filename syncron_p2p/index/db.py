@@ -220,10 +220,9 @@ class Index:
         self._batch_parents: set[str] | None = None
         self.epoch = self._meta("epoch") or ""
         self.actor = f"{node_id}.{self.epoch}"
-        self._next_seq = int(self._meta("next_sequence") or "1")
-        self.merkle = MerkleTree.from_items(
-            (path, digest) for path, digest in conn.execute("SELECT path, digest FROM records")
-        )
+        self.merkle = MerkleTree()
+        self._sealed: set[str] = set()  # paths of live sealed records (see is_sealed)
+        self._reload()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -382,6 +381,8 @@ class Index:
         """
         sequences: list[int] = []
         merkle_changes: list[tuple[str, bytes | None]] = []
+        sealed = self._sealed
+        sealed_changes: list[tuple[str, bool]] = []
         inserts: list[tuple[object, ...]] = []
         parents: set[str] = set()
         leaf = self.merkle.leaf
@@ -431,6 +432,8 @@ class Index:
                     )
                 )
                 merkle_changes.append((path, digest))
+                if rec.sealed or path in sealed:
+                    sealed_changes.append((path, rec.sealed and not rec.deleted))
                 sequences.append(seq)
             if len(inserts) == 1:
                 cur.execute(_INSERT, inserts[0])
@@ -442,6 +445,11 @@ class Index:
             else:
                 self._finish_writes(cur, parents)
         self.merkle.update(merkle_changes)
+        for path, now_sealed in sealed_changes:
+            if now_sealed:
+                sealed.add(path)
+            else:
+                sealed.discard(path)
         return sequences
 
     def _finish_writes(self, cur: sqlite3.Cursor, parents: Iterable[str]) -> None:
@@ -465,6 +473,7 @@ class Index:
                 removed.append((path, None))
             _drop_summaries(cur, {parent(path) for path, _ in removed})
         self.merkle.update(removed)
+        self._sealed.difference_update(path for path, _ in removed)
 
     @contextlib.contextmanager
     def cache_size(self, kib: int) -> Iterator[None]:
@@ -555,11 +564,25 @@ class Index:
         self._conn.execute("COMMIT")
 
     def _reload(self) -> None:
+        """Rebuild the in-memory state from the database."""
         self._next_seq = int(self._meta("next_sequence") or "1")
         self.merkle = MerkleTree.from_items(
             (path, digest)
             for path, digest in self._conn.execute("SELECT path, digest FROM records")
         )
+        self._sealed = {
+            path
+            for (path,) in self._conn.execute(
+                "SELECT path FROM records WHERE sealed=1 AND deleted=0"
+            )
+        }
+
+    def is_sealed(self, path: str) -> bool:
+        """True when ``path``'s record is a live sealed (``.secure``) file.
+
+        From memory: serving a block of an ordinary file needs no record.
+        """
+        return path in self._sealed
 
 
 class _Tx:

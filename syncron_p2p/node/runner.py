@@ -139,6 +139,7 @@ class Node:
                 users=lambda h: self.index.with_content(h, limit=2),
                 stamp=lambda p: self.index.merkle.leaf(p),
                 submit=crypto.submit,
+                sealed=lambda p: self.index.is_sealed(p),
             )
         self._open()
         self.lock = trio.Lock()

@@ -74,6 +74,7 @@ class SealedDisk:
         users: Callable[[bytes], Iterable[Record]] | None = None,
         stamp: Callable[[str], object] | None = None,
         submit: Callable[..., Any] | None = None,
+        sealed: Callable[[str], bool] | None = None,
     ) -> None:
         self.inner = inner
         self.keys = SealKeys.derive(secure_key)
@@ -84,6 +85,9 @@ class SealedDisk:
         # A cheap fingerprint of a path's record (its merkle leaf): serving a
         # block then needs no record decoding unless the record changed.
         self._stamp = stamp
+        # Whether a path's record is sealed, without the record (Index.is_sealed):
+        # a block of an ordinary file is then served with no lookup at all.
+        self._sealed = sealed
         self._records: OrderedDict[str, tuple[object, Record | None]] = OrderedDict()
         self._submit = submit
         # temp key -> block index -> (future plaintext, its size), opened on arrival
@@ -137,6 +141,8 @@ class SealedDisk:
     def read_block(
         self, path: str, offset: int, size: int, record: Record | None = None
     ) -> bytes | None:
+        if record is None and self._sealed is not None and not self._sealed(path):
+            return self.inner.read_block(path, offset, size)
         rec = self._record(path) if record is None else record
         if rec is None or not rec.sealed or rec.deleted:
             return self.inner.read_block(path, offset, size)
