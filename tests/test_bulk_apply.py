@@ -9,6 +9,7 @@ import blake3
 import pytest
 from meshnet import MeshNet
 
+from syncron_p2p.index.records import Record
 from syncron_p2p.node.disk import RealDisk
 from syncron_p2p.protocol.messages import (
     INLINE_FEATURE,
@@ -393,3 +394,23 @@ def test_a_joining_node_fetches_each_record_once_despite_roots_mid_transfer(
         for r in m.records
     ]
     assert sorted(pulled) == sorted(r.path for r in sender.index.all())
+
+
+def test_an_install_batch_is_stored_in_one_index_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = MeshNet(2, seed=3)
+    _fill(net)
+    net.connect_all()
+    index = net.node(1).index
+    writes: list[int] = []
+    put = index.put
+
+    def counting_put(records: list[Record]) -> list[Record]:
+        batch = list(records)
+        writes.append(len(batch))
+        return put(batch)
+
+    monkeypatch.setattr(index, "put", counting_put)
+    net.run()
+    assert net.files(1) == net.files(0)
+    assert sum(writes) >= FILES
+    assert len(writes) <= FILES // 50  # not one write per file

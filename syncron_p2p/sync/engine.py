@@ -243,6 +243,10 @@ class Engine:
         self._ready: list[Job] = []  # all blocks at hand: installed together (_install_due)
         self._ready_since = 0.0  # when the oldest of them became ready
         self._outbox: list[tuple[Record, str]] = []  # (stored record, peer not to tell)
+        # While an install batch runs: what its files store, written at its end
+        # (one index write for the batch), and the paths concerned.
+        self._deferred: list[tuple[list[Record], str]] | None = None
+        self._deferred_paths: set[str] = set()
         # queued path -> (block hash, content) received inline (see _hold)
         self._inline: dict[str, tuple[bytes, bytes]] = {}
         self._inline_bytes = 0
@@ -918,8 +922,12 @@ class Engine:
             files = [j.key for j in batch if j.target.type == EntryType.FILE]
             if files:
                 self.disk.sync_temps(files)
+            # The installed records are stored together, in one write.
+            self._deferred = []
             for job in batch:
                 self._finish(job)
+            self._store_deferred()
+            self._deferred = None
 
     def _request_blocks(self) -> None:
         """Fill each peer's window with requests for blocks of waiting jobs.
@@ -1006,6 +1014,12 @@ class Engine:
         path = target.path
         expect = job.expect
         extra = list(job.extra)
+        if self._deferred_paths and (
+            path in self._deferred_paths
+            or job.remote.path in self._deferred_paths
+            or any(r.path in self._deferred_paths for r in extra)
+        ):
+            self._store_deferred()  # what this job reads must be stored first
         if not _same_state(self.store.get(job.remote.path), job.local):
             # The index changed while we fetched (a scan, another job): the plan
             # is stale. Resolve the received record again against the new state.
@@ -1030,6 +1044,7 @@ class Engine:
             else:
                 obs = self.disk.install_file(path, job.key, target.size, target.mode, expect)
         except LocalChanged as exc:
+            self._store_deferred()  # resolving reads other paths
             if self._structural_conflict(job, exc):
                 return
             self._notice("kept", path, f"changed locally meanwhile; rescanning ({exc})")
@@ -1037,6 +1052,7 @@ class Engine:
             self._out.append(Rescan((path,)))
             return
         except Tampered as exc:
+            self._store_deferred()
             self._tampered(job, str(exc))
             return
         except DiskFailure as exc:
@@ -1048,7 +1064,24 @@ class Engine:
             )
             return
         self.stats["applied"] += 1
-        self._store([with_local(target, target.sequence, obs.fingerprint), *extra], job.origin_peer)
+        records = [with_local(target, target.sequence, obs.fingerprint), *extra]
+        if self._deferred is None:
+            self._store(records, job.origin_peer)
+        else:
+            self._deferred.append((records, job.origin_peer))
+            self._deferred_paths.update(r.path for r in records)
+
+    def _store_deferred(self) -> None:
+        """Store what the running install batch has deferred, in order, at once."""
+        if not self._deferred:
+            return
+        items, self._deferred = self._deferred, []
+        self._deferred_paths.clear()
+        stored = self.store.put([r for records, _ in items for r in records])
+        at = 0
+        for records, origin in items:
+            self._stored(stored[at : at + len(records)], origin)
+            at += len(records)
 
     def _tampered(self, job: Job, detail: str) -> None:
         """A sealed object failed authentication (only a key-holder can tell).
@@ -1211,7 +1244,10 @@ class Engine:
         self._store([replace(copy, fingerprint=moved.fingerprint), kept], "")
 
     def _store(self, records: list[Record], origin_peer: str) -> None:
-        stored = self.store.put(records)
+        self._stored(self.store.put(records), origin_peer)
+
+    def _stored(self, stored: list[Record], origin_peer: str) -> None:
+        """What follows every write of records: bookkeeping, notices, pushes."""
         self._changed = True
         for rec in stored:
             self.retry.pop(rec.path, None)
