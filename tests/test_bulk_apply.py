@@ -414,3 +414,24 @@ def test_an_install_batch_is_stored_in_one_index_write(monkeypatch: pytest.Monke
     assert net.files(1) == net.files(0)
     assert sum(writes) >= FILES
     assert len(writes) <= FILES // 50  # not one write per file
+
+
+def test_real_disk_starts_writing_big_temps_out_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncron_p2p.node import disk as disk_module
+
+    calls: list[tuple[int, int, int]] = []
+
+    def hint(fd: int, offset: int, size: int, flags: int) -> int:
+        calls.append((offset, size, flags))
+        return 0
+
+    monkeypatch.setattr(disk_module, "_SYNC_FILE_RANGE", hint)
+    disk = RealDisk(tmp_path)
+    big = os.urandom(disk_module.WRITEBACK_MIN)
+    disk.temp_write("ab" * 32, 0, big)
+    disk.temp_write("ab" * 32, len(big), big)
+    disk.temp_write("cd" * 32, 0, b"small")  # left to the batch flush
+    assert calls == [(0, len(big), 2), (len(big), len(big), 2)]
+    assert disk.temp_read("ab" * 32, len(big), len(big)) == big
