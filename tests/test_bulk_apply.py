@@ -435,3 +435,35 @@ def test_real_disk_starts_writing_big_temps_out_at_once(
     disk.temp_write("cd" * 32, 0, b"small")  # left to the batch flush
     assert calls == [(0, len(big), 2), (len(big), len(big), 2)]
     assert disk.temp_read("ab" * 32, len(big), len(big)) == big
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_disk_that_fails_writes_costs_no_crash_and_is_retried(
+    monkeypatch: pytest.MonkeyPatch, inline: bool
+) -> None:
+    # A full disk: writing fetched content fails for a while. The receiver
+    # drops those files (noting why), keeps running, and fetches them again.
+    from syncron_p2p.sync.disk import DiskFailure
+
+    if not inline:
+        monkeypatch.setattr(engine_module, "INLINE_MAX", 0)  # content as blocks
+    net = MeshNet(2, seed=8)
+    _fill(net, 60)
+    receiver = net.node(1)
+    write = receiver.disk.temp_write
+    failures = {"left": 25}
+
+    def full_disk(key: str, offset: int, data: bytes) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise DiskFailure("cannot write temp file: No space left on device")
+        write(key, offset, data)
+
+    monkeypatch.setattr(receiver.disk, "temp_write", full_disk)
+    net.connect_all()
+    net.run(seconds=600)
+    assert failures["left"] == 0
+    assert net.files(1) == net.files(0)
+    assert net.converged()
+    errors = [n for n in receiver.notices if n.kind == "error"]
+    assert errors and "No space left" in errors[0].detail

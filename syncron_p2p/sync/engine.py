@@ -27,6 +27,7 @@ Safety rules it keeps:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -844,13 +845,14 @@ class Engine:
                 will_install(target)
             if held is not None and len(target.blocks) == 1 and target.blocks[0].hash == held[0]:
                 # The content came inline with the record, verified on arrival.
-                self.disk.temp_write(job.key, 0, held[1])
+                if not self._temp_write(job, 0, held[1]):
+                    return
                 self.stats["blocks_inline"] += 1
                 self._ready_job(job)
                 return
         if target.type != EntryType.FILE or not target.blocks:
-            if target.type == EntryType.FILE:
-                self.disk.temp_write(job.key, 0, b"")  # empty file
+            if target.type == EntryType.FILE and not self._temp_write(job, 0, b""):
+                return  # (an empty file)
             self._ready_job(job)
             return
         present = self.disk.temp_present(job.key, target.blocks)
@@ -865,7 +867,8 @@ class Engine:
                     break
                 data = None
             if data is not None:
-                self.disk.temp_write(job.key, block.offset, data)
+                if not self._temp_write(job, block.offset, data):
+                    return
                 self.stats["blocks_local"] += 1
             else:
                 job.missing[idx] = block
@@ -875,6 +878,27 @@ class Engine:
         self.jobs[target.path] = job
         self._want(job)
         self._check_stalled(job)
+
+    def _temp_write(self, job: Job, offset: int, data: bytes) -> bool:
+        """Write to ``job``'s temp; on a disk failure (full, read-only...) drop
+        the job, keep nothing of it, and try the path again later."""
+        try:
+            self.disk.temp_write(job.key, offset, data)
+        except DiskFailure as exc:
+            path = job.target.path
+            self._notice("error", path, f"{exc}; trying again later")
+            if self.jobs.get(path) is job:
+                del self.jobs[path]
+            self._wanting.pop(path, None)
+            with contextlib.suppress(DiskFailure):
+                self.disk.temp_discard(job.key)  # give back the space
+            self.retry[job.remote.path] = (
+                self._now + 30 * self.timing.retry_delay,
+                job.remote,
+                job.origin_peer,
+            )
+            return False
+        return True
 
     def _want(self, job: Job) -> None:
         """``job`` may have blocks to request (see :meth:`_request_blocks`)."""
@@ -1002,7 +1026,8 @@ class Engine:
             self._notice("rejected", path, f"peer {peer} sent a block that fails its hash")
             self._close(peer, "block does not match its hash")
             return
-        self.disk.temp_write(job.key, block.offset, data)
+        if not self._temp_write(job, block.offset, data):
+            return
         self.stats["blocks_remote"] += 1
         del job.missing[idx]
         if not job.missing and not job.inflight:
