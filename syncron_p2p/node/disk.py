@@ -198,7 +198,8 @@ class RealDisk:
     ) -> Observation:
         temp = self._temp(key)
         target = self._path(path)
-        with _failing(f"cannot install {path}"):
+        # (try/except rather than _failing: this runs once per applied file)
+        try:
             if self._written.get(key) == size and key in self._synced:
                 # We wrote all of it in one go and it is already durable (the
                 # batch flush): at most the mode is left to set.
@@ -206,24 +207,33 @@ class RealDisk:
                     os.chmod(temp, mode & 0o777)  # our private temp dir (0700)
             else:
                 self._prepare_temp(key, temp, size, mode)
+            placed = False
             if expect is None and self._noreplace:
                 # Nothing may be there: one atomic rename that refuses to
                 # replace, instead of a check and a rename (and no window
                 # between them).
                 self._begin(target)
                 try:
-                    self._place(path, target, lambda: _rename_noreplace(temp, target))
+                    try:
+                        _rename_noreplace(temp, target)
+                    except (FileNotFoundError, NotADirectoryError):
+                        self._make_parents(path)  # ParentNotDirectory if one is in the way
+                        _rename_noreplace(temp, target)
+                    self._dirty.add(target.rpartition("/")[0])
+                    placed = True
                 except FileExistsError:
                     raise LocalChanged(f"{path} is not what the index says") from None
                 except _NoReplaceUnsupported:
                     self._noreplace = False  # this filesystem: check, then rename
-            if expect is not None or not self._noreplace:
+            if not placed:
                 self._check(path, target, expect)
                 self._begin(target)
                 self._clear(path, target, expect, keep_file=True)
                 self._place(path, target, lambda: os.replace(temp, target))
             self._synced.discard(key)
             self._written.pop(key, None)
+        except OSError as exc:
+            raise DiskFailure(f"cannot install {path}: {exc.strerror}") from None
         return self._observed(path, target)
 
     def _prepare_temp(self, key: str, temp: str, size: int, mode: int) -> None:
