@@ -1286,7 +1286,12 @@ class Engine:
         Never with content inline: a pushed file may be a moved one, which
         the peer rebuilds from its own copy.
         """
-        if self.timing.eager_push:
+        # (Only if some peer would get them: a node joining from its only
+        # peer would queue every record it applies for nobody. A peer that
+        # connects later reconciles in full anyway.)
+        if self.timing.eager_push and any(
+            p != exclude and s.session.active for p, s in self.peers.items()
+        ):
             self._outbox.extend((rec, exclude) for rec in records)
 
     def _flush_announcements(self) -> None:
@@ -1475,12 +1480,13 @@ class Engine:
         """
         if self.role == Role.SEND_ONLY:
             return 0
-        mine = self.store.merkle.root()
+        # Counts only: a peer with our root has our count (difference 0), and
+        # the root itself is not worth recomputing after every call.
         ours = len(self.store.merkle)
         counts = [
             s.root_count - ours
             for s in self.peers.values()
-            if s.session.active and s.root is not None and s.root != mine
+            if s.session.active and s.root is not None
         ]
         return max(counts, default=0)
 
