@@ -948,10 +948,13 @@ class Engine:
                 self.disk.sync_temps(files)
             # The installed records are stored together, in one write.
             self._deferred = []
-            for job in batch:
-                self._finish(job)
-            self._store_deferred()
-            self._deferred = None
+            try:
+                for job in batch:
+                    self._finish(job)
+                self._store_deferred()
+            finally:  # (an exception ends the whole index batch: nothing to keep)
+                self._deferred = None
+                self._deferred_paths.clear()
 
     def _request_blocks(self) -> None:
         """Fill each peer's window with requests for blocks of waiting jobs.
