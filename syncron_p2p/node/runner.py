@@ -90,7 +90,7 @@ BULK_BACKLOG = 1024  # queued + active remote files that pause the watcher
 BULK_RATE = 256  # ... or remote files applied within one BULK_WINDOW
 BULK_WINDOW = 1.0  # seconds
 APPLIED_LINES = 20  # "updated PATH" log lines per second before summarising
-SCAN_STEP = 4096  # records per locked step of a full scan of a big tree
+SCAN_STEP = 1024  # records per locked step of a full scan of a big tree
 
 
 @dataclass(slots=True)
