@@ -467,3 +467,50 @@ def test_a_disk_that_fails_writes_costs_no_crash_and_is_retried(
     assert net.converged()
     errors = [n for n in receiver.notices if n.kind == "error"]
     assert errors and "No space left" in errors[0].detail
+
+
+def test_a_job_reading_a_path_its_batch_wrote_sees_the_write() -> None:
+    # Records of an install batch are stored at its end. A later job of the
+    # same batch planned against a path an earlier one rewrote must see that
+    # write: here job 1 resolves a conflict (the remote loser goes to its
+    # conflict copy, p.txt keeps the local content under a merged version)
+    # and job 2, planned against p.txt's old record, must not overwrite the
+    # winner as if nothing had happened: its plan is stale, so it is retried.
+    from dataclasses import replace
+
+    from syncron_p2p.index.records import Block, EntryType
+    from syncron_p2p.index.versions import VersionVector
+    from syncron_p2p.sync.conflicts import conflict_copy
+    from syncron_p2p.sync.disk import expectation
+    from syncron_p2p.sync.engine import Job
+
+    net = MeshNet(1, seed=1)
+    net.edit(0, lambda d: d.write("p.txt", b"local"))  # type: ignore[attr-defined]
+    node = net.node(0)
+    engine = node.engine
+    local = node.index.get("p.txt")
+    assert local is not None
+
+    def remote(data: bytes, actor: str, base: VersionVector) -> Record:
+        h = blake3.blake3(data).digest()
+        version = base.merge(VersionVector.of({actor: 1}))
+        blocks = (Block(0, len(data), h),)
+        return Record("p.txt", EntryType.FILE, len(data), 0o644, h, version, blocks=blocks)
+
+    loser = remote(b"remote one", "R1.1", VersionVector.of({}))
+    copy = conflict_copy(loser)
+    winner = replace(local, version=local.version.merge(loser.version))
+    job1 = Job(copy, None, loser, local, ["peer"], extra=[winner])
+    newer = remote(b"remote two", "R2.1", local.version)
+    job2 = Job(newer, expectation(local), newer, local, ["peer"])
+    node.disk.temp_write(job1.key, 0, b"remote one")
+    node.disk.temp_write(job2.key, 0, b"remote two")
+    engine.jobs = {copy.path: job1, "p.txt": job2}
+    engine._ready = [job1, job2]
+    with node.index.batch():
+        engine._install_ready()
+    stored = node.index.get("p.txt")
+    assert stored is not None and stored.version == winner.version
+    assert net.files(0)["p.txt"] == b"local"
+    assert net.files(0)[copy.path] == b"remote one"
+    assert "p.txt" in engine.retry  # resolved again, against the winner
