@@ -34,6 +34,19 @@ def _fill(net: MeshNet, files: int = FILES) -> None:
     net.edit(0, write)
 
 
+def _bigger_than_job_slots(monkeypatch: pytest.MonkeyPatch, seed: int, more: int) -> MeshNet:
+    """Two nodes about to sync MAX_ACTIVE_JOBS + ``more`` files, none inline.
+
+    The work then waits on block transfers (as big files do), so more is
+    queued than there are job slots.
+    """
+    monkeypatch.setattr(engine_module, "INLINE_HELD", 0)
+    net = MeshNet(2, seed=seed, shuffle=False)
+    _fill(net, MAX_ACTIVE_JOBS + more)
+    net.connect_all()
+    return net
+
+
 def test_an_initial_sync_installs_files_in_batches() -> None:
     net = MeshNet(2, seed=3)
     _fill(net)
@@ -49,13 +62,8 @@ def test_an_initial_sync_installs_files_in_batches() -> None:
 def test_roots_arriving_mid_transfer_do_not_restart_the_descent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Contents not held inline: the work waits on block transfers (as big
-    # files do), so more is queued than there are job slots.
-    monkeypatch.setattr(engine_module, "INLINE_HELD", 0)
-    net = MeshNet(2, seed=5, shuffle=False)
+    net = _bigger_than_job_slots(monkeypatch, seed=5, more=200)
     files = MAX_ACTIVE_JOBS + 200
-    _fill(net, files)
-    net.connect_all()
     receiver = net.node(1)
     peer = receiver.engine.peers["node0"]
     # until the first descent is over and more work is queued than there are job slots
@@ -373,11 +381,7 @@ def test_a_joining_node_fetches_each_record_once_despite_roots_mid_transfer(
     # through a transfer bigger than its job slots. Comparing again before
     # every fetched record is applied would fetch the ranges still in flight
     # a second time.
-    monkeypatch.setattr(engine_module, "INLINE_HELD", 0)
-    net = MeshNet(2, seed=6, shuffle=False)
-    files = MAX_ACTIVE_JOBS + 300
-    _fill(net, files)
-    net.connect_all()
+    net = _bigger_than_job_slots(monkeypatch, seed=6, more=300)
     sender = net.node(0)
     steps = 0
     while net.step():
