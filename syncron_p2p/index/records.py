@@ -10,12 +10,13 @@ are deliberately not part of it.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import blake3
 import msgpack
 
 from syncron_p2p.index.versions import VersionVector
+from syncron_p2p.values import value
 
 HASH_SIZE = 32
 EMPTY_HASH = blake3.blake3(b"").digest()
@@ -35,7 +36,7 @@ class EntryType(enum.IntEnum):
     SYMLINK = 2
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Block:
     """One content-defined block of a file: where it is and its blake3 hash."""
 
@@ -44,7 +45,7 @@ class Block:
     hash: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StatFingerprint:
     """Local stat facts used only to skip rehashing an unchanged file."""
 
@@ -54,7 +55,7 @@ class StatFingerprint:
     ctime_ns: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Record:
     """Everything a node knows about one path.
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+
+from syncron_p2p.values import value
 
 
 class Order(enum.Enum):
@@ -21,7 +22,7 @@ class Order(enum.Enum):
     CONCURRENT = "concurrent"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class VersionVector:
     """An immutable map actor -> counter (counters > 0, actors sorted)."""
 

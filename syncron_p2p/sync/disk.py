@@ -15,11 +15,11 @@ test suite runs against both.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from syncron_p2p.errors import SyncronError
 from syncron_p2p.index.records import Block, EntryType, Record, StatFingerprint
+from syncron_p2p.values import value
 
 
 class LocalChanged(SyncronError):
@@ -42,7 +42,7 @@ class Tampered(DiskFailure):
     """A sealed (``.secure``) object does not authenticate: nothing was written."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Observation:
     """What is at a path right now (or what the index expects there)."""
 
