@@ -11,6 +11,7 @@ from meshnet import MeshNet
 
 from syncron_p2p.index.records import Record
 from syncron_p2p.node.disk import RealDisk
+from syncron_p2p.protocol import codec
 from syncron_p2p.protocol.messages import (
     INLINE_FEATURE,
     NodeRequest,
@@ -518,3 +519,77 @@ def test_a_job_reading_a_path_its_batch_wrote_sees_the_write() -> None:
     assert net.files(0)["p.txt"] == b"local"
     assert net.files(0)[copy.path] == b"remote one"
     assert "p.txt" in engine.retry  # resolved again, against the winner
+
+
+# ------------------------------------------ replies with content inline, paced by bytes
+
+_BIG_INLINE_FILES = 300  # of 60 KiB: 18 MiB, all of it one-block content that may go inline
+
+
+def _big_inline_pair() -> MeshNet:
+    import random
+
+    rnd = random.Random(11)
+    net = MeshNet(2, seed=11, shuffle=False)
+
+    def write(disk: object) -> None:
+        for i in range(_BIG_INLINE_FILES):
+            disk.write(f"d{i % 7}/f{i:04d}.bin", rnd.randbytes(60 * 1024))  # type: ignore[attr-defined]
+
+    net.edit(0, write)
+    return net
+
+
+def _reply_bound() -> int:
+    """What one call may send a peer: the byte budget, plus the page that crosses it."""
+    return engine_module.SERVE_BYTES + engine_module.PAGE_BYTES + engine_module.INLINE_MAX + 65536
+
+
+def test_a_range_reply_with_content_inline_goes_out_a_few_mebibytes_per_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2,048 records a call was the only pace: with 60 KiB files inline, one call
+    queued 120 MiB for the peer, and two in a row passed the connection's limit
+    for a peer that does not read (the serving node closed the channel)."""
+    monkeypatch.setattr(engine_module, "SERVE_BYTES", 2 * 1024 * 1024)
+    net = _big_inline_pair()
+    server = net.node(0).engine
+    per_call: list[int] = []
+    handle = server.handle
+
+    def counting(event: object, now: float) -> list[Effect]:
+        effects = handle(event, now)  # type: ignore[arg-type]
+        sent = [e for e in effects if isinstance(e, Send) and e.peer == "node1"]
+        per_call.append(sum(len(codec.encode(e.message)) for e in sent))
+        return effects
+
+    monkeypatch.setattr(server, "handle", counting)
+    net.connect_all()
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)
+    inline = sum(
+        len(m.inline) for src, _, m in net.sent if src == "node0" and isinstance(m, Records)
+    )
+    assert inline >= _BIG_INLINE_FILES * 9 // 10  # the content did travel inline ...
+    assert max(per_call) <= _reply_bound()  # ... a few MiB at a time
+
+
+def test_a_record_request_is_answered_whole_with_content_inline_up_to_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module, "SERVE_BYTES", 2 * 1024 * 1024)
+    net = _big_inline_pair()
+    net.connect_all()
+    net.run()
+    assert net.converged()
+    paths = tuple(sorted(net.files(0)))
+    effects = net.node(0).engine.handle(
+        Received("node1", RecordRequest(999, paths, engine_module.INLINE_MAX)), net.now
+    )
+    pages = [e.message for e in effects if isinstance(e, Send) and isinstance(e.message, Records)]
+    assert [r.path for page in pages for r in page.records] == list(paths)  # every record
+    assert pages[-1].done and not any(p.done for p in pages[:-1])
+    content = sum(len(data) for page in pages for _, data in page.inline)
+    assert 0 < content <= engine_module.SERVE_BYTES + engine_module.INLINE_MAX
+    assert sum(len(codec.encode(p)) for p in pages) <= _reply_bound() + 300 * 200

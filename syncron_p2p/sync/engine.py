@@ -115,6 +115,7 @@ STARTS_PER_CALL = 1024
 # and the peer starts applying - while the rest is still being read, and the
 # driver's flow control paces the rest.
 SERVE_PER_CALL = 2048
+SERVE_BYTES = 8 * 1024 * 1024  # ... and about this many bytes (content inline)
 # Queued records beyond which the driver should stop feeding (saturated()).
 INGEST_HIGH = 2 * STARTS_PER_CALL
 # Completed files wait for company before being installed (one pair of disk
@@ -417,7 +418,7 @@ class Engine:
                 state.serving.append((msg.request_id, msg.start, msg.end, msg.inline))
             case RecordRequest():
                 got = (self.store.get(p) for p in msg.paths)
-                found = (r for r in got if r is not None)
+                found = [r for r in got if r is not None]
                 self._serve_records(peer, state, msg.request_id, found, msg.inline)
             case Records():
                 self._on_records(peer, state, msg)
@@ -517,51 +518,79 @@ class Engine:
         self._issue(peer, state, state.descent.on_reply(msg.nodes))
 
     def _serve_ranges(self) -> None:
-        """Send up to SERVE_PER_CALL records of each peer's pending range replies."""
+        """Send up to SERVE_PER_CALL records (and SERVE_BYTES) of each peer's pending range replies.
+
+        The byte cap matters with content inline: 2,048 records of 60 KiB
+        files are 120 MiB, which one call would have queued at once - past
+        the connection's limit for a peer that does not read (the node
+        closed the channel to a peer that was reading, just slower).
+        """
         for peer, state in self.peers.items():
             budget = SERVE_PER_CALL
-            while state.serving and budget > 0:
+            room = SERVE_BYTES
+            while state.serving and budget > 0 and room > 0:
                 rid, start, end, inline = state.serving[0]
                 found = list(itertools.islice(self.store.in_range(start, end), budget + 1))
                 more = len(found) > budget
                 if more:
                     found = found[:budget]
+                served, sent = self._serve_records(peer, state, rid, found, inline, room, not more)
+                if served < len(found):
+                    found, more = found[:served], True
+                if more:
                     state.serving[0] = (rid, found[-1].path, end, inline)
                 else:
                     state.serving.pop(0)
                 budget -= len(found)
-                self._serve_records(peer, state, rid, found, inline, done=not more)
+                room -= sent
 
     def _serve_records(
         self,
         peer: str,
         state: PeerState,
         request_id: int,
-        records: Iterable[Record],
+        records: Sequence[Record],
         inline: int = 0,
+        room: int | None = None,
         done: bool = True,
-    ) -> None:
+    ) -> tuple[int, int]:
+        """Send ``records`` as Records pages; (records served, bytes of content and records).
+
+        With ``room``, stop after the page that uses it up: the first
+        ``served`` records went out and the last page is not marked done (the
+        caller sends the rest later). Without, all go out, but content inline
+        only up to SERVE_BYTES (the peer requests the other blocks).
+        """
         if INLINE_FEATURE not in state.session.peer_features:
             inline = 0
         inline = min(inline, INLINE_MAX)
         page: list[Record] = []
         contents: list[tuple[int, bytes]] = []
-        size = 0
+        size = total = served = content = 0
+        content_cap = SERVE_BYTES if room is None else None  # (with room, room paces)
         for rec in records:
+            served += 1
             if self._unpublished(rec):
                 continue
-            if inline:
+            if inline and (content_cap is None or content < content_cap):
                 data = self._content_of(rec, inline)
                 if data is not None:
                     contents.append((len(page), data))
                     size += len(data)
+                    content += len(data)
             page.append(rec)
             size += 160 + len(rec.path) + 36 * len(rec.blocks)
             if len(page) >= RECORDS_PAGE or size >= PAGE_BYTES:
+                total += size
+                if room is not None and total >= room and served < len(records):
+                    self._send(peer, Records(request_id, tuple(page), False, tuple(contents)))
+                    return served, total
                 self._send(peer, Records(request_id, tuple(page), False, tuple(contents)))
                 page, contents, size = [], [], 0
+        total += size
         if page or done:
             self._send(peer, Records(request_id, tuple(page), done, tuple(contents)))
+        return served, total
 
     def _content_of(self, rec: Record, limit: int) -> bytes | None:
         """The whole content of a one-block file up to ``limit`` bytes, verified."""
