@@ -439,7 +439,7 @@ def revert_offline(root: Path) -> list[str]:
 
     mesh = Mesh.load(root)
     with Index.open(root, mesh.node_id) as index:
-        engine = Engine(index, RealDisk(root, temp_pool=False), mesh.node_id, role=Role(mesh.role))
+        engine = Engine(index, RealDisk(root), mesh.node_id, role=Role(mesh.role))
         reverted, _ = engine.revert_local(0.0)
     return reverted
 

@@ -21,7 +21,6 @@ import errno
 import os
 import re
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +51,7 @@ PENDING_WAIT = 0.25  # seconds an event waits for a change in progress to be not
 class RealDisk:
     """:class:`syncron_p2p.sync.disk.Disk` on a real folder."""
 
-    def __init__(self, root: Path, *, temp_pool: bool = True) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = root / STATE_DIR / TMP_DIR
         self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -69,7 +68,6 @@ class RealDisk:
         # watcher's events for them are not changes (see is_own).
         self._own: dict[str, tuple[Observation | None, float]] = {}
         self._pending: dict[str, float] = {}  # path -> when we began changing it
-        self.pool = TempPool(str(self.tmp)) if temp_pool else None
 
     # ------------------------------------------------------------ helpers
     #
@@ -151,16 +149,12 @@ class RealDisk:
 
     def temp_write(self, key: str, offset: int, data: bytes) -> None:
         self._synced.discard(key)
-        written = self._written.get(key)
-        if offset == (written or 0):
+        if offset == self._written.get(key, 0):
             self._written[key] = offset + len(data)
         else:
             self._written.pop(key, None)  # a gap, or rewritten: size unknown
-        temp = self._temp(key)
-        if written is None and offset == 0 and self.pool is not None:
-            self.pool.take(temp)  # a made file instead of creating one (if it can)
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o644)
+            fd = os.open(self._temp(key), os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o644)
             try:
                 start = offset
                 view = memoryview(data)
@@ -299,11 +293,6 @@ class RealDisk:
             self._dirty.add(os.path.dirname(source))
             self._mine(source, None)
         return self._observed(dst, dest)
-
-    def close(self) -> None:
-        """Give back what the disk holds besides files: the temp helper process."""
-        if self.pool is not None:
-            self.pool.close()
 
     # -------------------------------------------------------- durability
 
@@ -553,136 +542,3 @@ def _fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-class TempPool:
-    """Empty temp files made ahead of need by a helper process.
-
-    Creating a file is the most expensive system call of an applied small
-    file (on a busy ext4 often 100-300 µs of kernel time, more than all the
-    Python around it), and the engine thread pays it while holding the
-    engine: during an initial sync of many small files it is a third of the
-    receiver's time. During such a burst a helper process
-    (``node/tempmaker.py``) creates empty files ``pool-N.part`` in the temp
-    directory on the other core, and a fresh temp is one of them renamed to
-    its key's name (a rename, without replacing: a temp already there is
-    resumable content and is kept).
-
-    Nothing depends on the helper: if it is not running, behind, or gone,
-    :meth:`take` says so and the caller creates the file itself. It is
-    started only during bursts (:data:`BURST` fresh temps within
-    :data:`BURST_WINDOW` seconds), so a single edit never starts a process,
-    and it ends itself after idling (:data:`tempmaker.IDLE`) or when the pipe
-    closes (the node stopped or died).
-    """
-
-    BURST = 32
-    BURST_WINDOW = 1.0
-    LOOKAHEAD = 1024  # pool files asked for ahead of the next one to take
-
-    def __init__(self, directory: str, command: Sequence[str] | None = None) -> None:
-        self.directory = directory
-        self._command = (
-            list(command)
-            if command is not None
-            else [sys.executable, "-m", "syncron_p2p.node.tempmaker"]
-        )
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._next = 0  # number of the next pool file to take
-        self._asked = 0  # the helper was asked for files below this number
-        self._window_start = 0.0
-        self._window_count = 0
-        self._disabled = _RENAMEAT2 is None or not self._command[0]
-        self.taken = 0  # files taken from the pool (for tests and status)
-        self.spawned = 0  # helpers started
-        self.remove_leftovers()
-
-    def remove_leftovers(self) -> None:
-        """Delete pool files a previous helper left behind."""
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return
-        for name in names:
-            if name.startswith("pool-") and name.endswith(".part"):
-                with contextlib.suppress(OSError):
-                    os.unlink(f"{self.directory}/{name}")
-
-    def take(self, dest: str) -> bool:
-        """Move a ready empty file to ``dest``; False if none is ready or ``dest`` exists."""
-        if self._disabled:
-            return False
-        proc = self._proc
-        if proc is None:
-            self._count_demand()
-            return False
-        source = f"{self.directory}/pool-{self._next}.part"
-        try:
-            _rename_noreplace(source, dest)
-        except FileNotFoundError:
-            if proc.poll() is not None:
-                self._stop_helper()  # ended (idle, or could not create): start again on demand
-            return False  # behind: the caller creates this one
-        except (OSError, _NoReplaceUnsupported):
-            return False  # dest exists (resumable temp), or this filesystem cannot
-        self._next += 1
-        self.taken += 1
-        if self._asked - self._next < self.LOOKAHEAD // 2:
-            self._ask()
-        return True
-
-    def _count_demand(self) -> None:
-        now = time.monotonic()
-        if now - self._window_start > self.BURST_WINDOW:
-            self._window_start, self._window_count = now, 0
-        self._window_count += 1
-        if self._window_count >= self.BURST:
-            self._window_count = 0
-            self._start()
-
-    def _start(self) -> None:
-        try:
-            self._proc = subprocess.Popen(
-                [*self._command, self.directory, str(self._next)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                close_fds=True,
-            )
-        except OSError:
-            self._disabled = True  # no interpreter to run it: make every file here
-            return
-        self.spawned += 1
-        self._asked = self._next
-        self._ask()
-
-    def _ask(self) -> None:
-        proc = self._proc
-        if proc is None or proc.stdin is None:
-            return
-        want = self._next + self.LOOKAHEAD
-        try:
-            proc.stdin.write(b"%d\n" % want)
-            proc.stdin.flush()
-        except OSError:  # the helper is gone (BrokenPipeError)
-            self._stop_helper()
-            return
-        self._asked = want
-
-    def _stop_helper(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()  # end of input: it exits
-        try:
-            proc.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def close(self) -> None:
-        """End the helper and delete the files nobody took."""
-        self._stop_helper()
-        self.remove_leftovers()

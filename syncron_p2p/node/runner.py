@@ -846,7 +846,6 @@ class Node:
                     await self.discovery.stop()
                 async with self.lock:
                     self.index.close()
-                    self.real_disk.close()
                 self.finished.set()
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
