@@ -4,9 +4,9 @@
 ``@dataclass(slots=True, unsafe_hash=True)`` at run time: the same fields,
 equality and hash, but a plain ``__init__``. A frozen dataclass assigns
 each field through ``object.__setattr__``, which made a fourteen-field
-:class:`~syncron_p2p.index.records.Record` cost 4.3 µs to construct instead
-of 0.7 µs; an applied file makes about ten records and fingerprints, so on a
-bulk transfer of small files that was ~15 % of the receiver's Python time.
+:class:`~syncron_p2p.index.records.Record` cost 4.2 µs to construct instead
+of 0.5 µs (``benchmarks/bench_receive.py``); an applied file makes about ten
+records and fingerprints.
 
 Immutability is enforced where it matters, statically: mypy (strict, in CI)
 rejects any assignment to a field of a ``@value`` class. Code that needs a

@@ -210,8 +210,8 @@ def tune_gc() -> None:
     An applied file allocates a few dozen container objects, almost none of
     them in cycles (reference counting frees them); at the default threshold
     the collector ran every ~20 files and, every tenth time, walked the
-    node's long-lived structures too: ~10 % of a bulk transfer's CPU
-    (``benchmarks/bench_sync.py``). A node process only.
+    node's long-lived structures too (``benchmarks/bench_receive.py``: the
+    receiver's user time 0.92x of the default's). A node process only.
     """
     gc.set_threshold(*GC_THRESHOLDS)
 
