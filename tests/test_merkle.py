@@ -68,6 +68,32 @@ def test_incremental_updates_match_rebuild(
     assert list(tree.items()) == sorted(state.items())
 
 
+def test_batches_of_neighbouring_keys_settle_like_a_rebuild() -> None:
+    """The incremental path (a batch smaller than an eighth of the tree):
+    batches of adjacent paths - as an install batch stores them - inserted,
+    changed and removed, including keys that are chunk boundaries."""
+    rnd = random.Random(5)
+    state = {f"d{i // 40:03d}/f{i:05d}": d(str(i)) for i in range(0, 8000, 2)}
+    tree = MerkleTree.from_items(state.items())
+    boundaries = [k for k in state if key_level(k) >= 1]
+    assert boundaries  # the batches below touch some
+    for round_ in range(60):
+        start = rnd.randrange(0, 8000)
+        changes: list[tuple[str, bytes | None]] = []
+        for i in range(start, min(start + rnd.randint(1, 300), 8000)):
+            key = f"d{i // 40:03d}/f{i:05d}"
+            what = rnd.random()
+            changes.append((key, None if what < 0.3 else d(f"{key}/{round_}")))
+        changes.extend((rnd.choice(boundaries), d(f"b{round_}")) for _ in range(3))
+        tree.update(changes)
+        for key, digest in changes:
+            if digest is None:
+                state.pop(key, None)
+            else:
+                state[key] = digest
+        assert tree.root() == MerkleTree.from_items(state.items()).root(), round_
+
+
 def test_large_tree_shape_and_locality() -> None:
     n = 20_000
     items = {f"dir{i % 97}/file{i}.txt": d(str(i)) for i in range(n)}

@@ -210,10 +210,18 @@ class MerkleTree:
         if len(touched) * 8 > len(self._leaf):
             self._rebuild_all()  # a bulk change: one linear pass beats 16 per key
             return
+        ordered = sorted(touched)
         for level in range(1, TOP + 1):
             dirty: set[End] = set()
-            for key in touched:
-                dirty.add(self._successor(level, key, inclusive=True))
+            chunk: End = ""  # the chunk the previous key fell in ("" before the first)
+            for key in ordered:
+                # A key below the previous key's chunk end is in that chunk
+                # too, with the same end as both successors: skip the search
+                # (a batch of neighbouring paths shares most chunks).
+                if chunk is None or (chunk and key < chunk):
+                    continue
+                chunk = self._successor(level, key, inclusive=True)
+                dirty.add(chunk)
                 dirty.add(self._successor(level, key, inclusive=False))
             for end in dirty:
                 self._recompute(level, end)
