@@ -30,5 +30,4 @@ class Timing:
     request_timeout: float = 60.0  # an unanswered block/record request is retried
     retry_delay: float = 2.0  # before re-merging a path whose apply was refused
     block_window: int = 256  # block requests in flight per peer (and at most 8 MiB)
-    max_pending_records: int = 20_000  # remote records queued for apply
     eager_push: bool = True
