@@ -155,8 +155,9 @@ def settle() -> None:
     """Start each timed transfer from the same state: nothing left to write back.
 
     Generating the data (and one tool's run) leaves the kernel writing dirty
-    pages back for many seconds after; on this kind of VM every file
-    creation then costs several times more. Each tool gets a flushed cache.
+    pages back for seconds after, which the next transfer would share the
+    disk with. Each tool gets a flushed cache. (What made file creation
+    several times slower in earlier runs was deletion: see the module doc.)
     """
     os.sync()
     time.sleep(2)
