@@ -582,11 +582,10 @@ class Engine:
             size += 160 + len(rec.path) + 36 * len(rec.blocks)
             if len(page) >= RECORDS_PAGE or size >= PAGE_BYTES:
                 total += size
-                if room is not None and total >= room and served < len(records):
-                    self._send(peer, Records(request_id, tuple(page), False, tuple(contents)))
-                    return served, total
                 self._send(peer, Records(request_id, tuple(page), False, tuple(contents)))
                 page, contents, size = [], [], 0
+                if room is not None and total >= room and served < len(records):
+                    return served, total
         total += size
         if page or done:
             self._send(peer, Records(request_id, tuple(page), done, tuple(contents)))
