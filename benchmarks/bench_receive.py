@@ -25,17 +25,14 @@ Run: ``python benchmarks/bench_receive.py [--files 30000] [--rounds 3]
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
 import random
 import shutil
 import statistics
-import sys
 import time
 import timeit
-from collections.abc import Callable
 from dataclasses import fields, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +43,7 @@ from syncron_p2p.commands.node import GC_THRESHOLDS
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.records import EMPTY_HASH, Block, EntryType, Record
 from syncron_p2p.index.versions import VersionVector
-from syncron_p2p.node.disk import RealDisk
+from syncron_p2p.node.disk import _SYNCFS, RealDisk, _syncfs
 from syncron_p2p.protocol import codec
 from syncron_p2p.protocol.messages import FEATURES, Hello, Records
 from syncron_p2p.sync.effects import PeerUp, Received
@@ -55,16 +52,6 @@ from syncron_p2p.sync.engine import Engine
 SENDER = "SENDER"
 PAGE = 256
 DEFAULT_GC = gc.get_threshold()
-
-
-def _libc_syncfs() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    fn: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
-    return fn
-
-
-_syncfs = _libc_syncfs()
 
 
 def make_frames(count: int, seed: int = 1) -> list[bytes]:
@@ -172,11 +159,10 @@ def floor_round(folder: Path, frames: list[bytes]) -> dict[str, Any]:
 def _flush(folder: Path, batch: list[tuple[str, str]]) -> None:
     if not batch:
         return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd) if _syncfs is None else _syncfs(fd)
-    finally:
-        os.close(fd)
+    if _SYNCFS is not None:
+        _syncfs(folder)  # what RealDisk.sync_temps does for a batch
+    else:
+        os.sync()
     for temp, target in batch:
         os.rename(temp, target)
     batch.clear()
