@@ -166,6 +166,16 @@ def test_mutated_frames_raise_only_remote_protocol_error(msg: Message, data: st.
     frame[i] ^= data.draw(st.integers(1, 255))
     with contextlib.suppress(RemoteProtocolError):
         codec.decode_body(bytes(frame[codec.HEADER :]))
+    # The same through the Decoder (which decodes from a view of its buffer):
+    # after a failure it goes on decoding what follows.
+    decoder = codec.Decoder()
+    decoder.writable().extend(frame)
+    with contextlib.suppress(RemoteProtocolError):
+        decoder.next()
+    decoder.feed(codec.encode(msg))
+    for _ in range(3):
+        decoder.feed(b"")  # compaction may move the buffer
+    assert decoder.next() == msg
 
 
 def test_huge_length_field_is_refused_before_allocation() -> None:

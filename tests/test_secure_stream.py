@@ -329,6 +329,66 @@ async def test_clean_close_after_data_reads_as_end_of_stream() -> None:
     assert await right.receive_some() == b""
 
 
+# ------------------------------------------------------- receive_into
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=150_000), min_size=1, max_size=6),
+    small_reads=st.lists(st.integers(min_value=1, max_value=40), max_size=4),
+)
+def test_receive_into_appends_exactly_the_stream(sizes: list[int], small_reads: list[int]) -> None:
+    """receive_into delivers the same bytes as receive_some, appended to the
+    caller's buffer (after what it held), also after small receive_some reads
+    left plaintext over, and returns 0 only at the end of the stream."""
+
+    async def main() -> None:
+        left, right = pair(*trio.testing.memory_stream_pair())
+        payload = os.urandom(sum(sizes))
+        got = bytearray(b"kept")
+
+        async def send() -> None:
+            at = 0
+            for size in sizes:
+                await left.send_all(payload[at : at + size])
+                at += size
+            await left.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            for n in small_reads:
+                got += await right.receive_some(n)
+            while True:
+                before = len(got)
+                added = await right.receive_into(got)
+                assert added == len(got) - before
+                if not added:
+                    break
+        assert bytes(got) == b"kept" + payload
+        assert await right.receive_into(got) == 0  # and stays at the end
+
+    trio.run(main)
+
+
+async def test_receive_into_skips_an_empty_message_instead_of_ending() -> None:
+    raw, b = trio.testing.memory_stream_pair()
+    responder = SecureStream.mesh(b, initiator=False, static=generate_keypair(), mesh_secret=SECRET)
+    hs = mesh_handshake(True, generate_keypair(), SECRET)
+
+    async def peer() -> None:
+        transport = await drive_attacker_handshake(raw, hs)
+        await raw.send_all(frame_of(transport.encrypt(b"")))  # legal, and empty
+        await trio.sleep(0.05)  # the empty one arrives alone
+        await raw.send_all(frame_of(transport.encrypt(b"data")))
+
+    got = bytearray()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer)
+            assert await responder.receive_into(got) == 4
+    assert got == b"data"
+
+
 # ------------------------------------------------------------ hostile bytes
 
 
@@ -365,6 +425,7 @@ async def run_victim(
     honest_messages: int,
     honest_transport: int,
     injected: bytes,
+    into: bool = False,
 ) -> tuple[str, bytes]:
     """Victim SecureStream vs an attacker who is honest for a while, then
     injects ``injected`` and closes. Returns how the victim ended."""
@@ -410,6 +471,11 @@ async def run_victim(
         nonlocal outcome
         try:
             while True:
+                if into:  # the decoder's zero-copy path
+                    if not await victim.receive_into(received):
+                        outcome = "eof"
+                        return
+                    continue
                 chunk = await victim.receive_some()
                 if not chunk:
                     outcome = "eof"
@@ -435,12 +501,17 @@ async def run_victim(
     honest_messages=st.integers(min_value=0, max_value=3),
     honest_transport=st.integers(min_value=0, max_value=2),
     injected=hostile_bytes(),
+    into=st.booleans(),
 )
 def test_hostile_bytes_at_every_stage_end_in_the_documented_error(
-    victim_is_initiator: bool, honest_messages: int, honest_transport: int, injected: bytes
+    victim_is_initiator: bool,
+    honest_messages: int,
+    honest_transport: int,
+    injected: bytes,
+    into: bool,
 ) -> None:
     outcome, received = trio.run(
-        run_victim, victim_is_initiator, honest_messages, honest_transport, injected
+        run_victim, victim_is_initiator, honest_messages, honest_transport, injected, into
     )
     handshake_done = honest_messages >= 3 or (victim_is_initiator and honest_messages >= 2)
     if handshake_done:

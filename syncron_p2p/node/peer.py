@@ -47,8 +47,7 @@ HIGH_WATER = 8 * 1024 * 1024
 LOW_WATER = 2 * 1024 * 1024
 HARD_LIMIT = 256 * 1024 * 1024
 WRITE_BATCH = 512 * 1024
-RECEIVE_MAX = 256 * 1024
-READ_AHEAD = 32  # decoded reads queued for the dispatcher (at most 32 x RECEIVE_MAX)
+READ_AHEAD = 32  # decoded reads queued for the dispatcher (each at most a transport read)
 DISPATCH_MAX = 1024  # messages handed to the node in one batch
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -193,11 +192,10 @@ class PeerConnection:
         decoder = Decoder()
         async with out:
             while True:
-                data = await self.stream.receive_some(RECEIVE_MAX)
-                if not data:
+                received = await self.stream.receive_into(decoder.writable())
+                if not received:
                     return "peer closed the connection"
-                self.bytes_in += len(data)
-                decoder.feed(bytes(data))
+                self.bytes_in += received
                 batch: list[Message] = []
                 while (msg := decoder.next()) is not None:
                     batch.append(msg)

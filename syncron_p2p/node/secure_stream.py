@@ -366,6 +366,56 @@ class SecureStream(trio.abc.Stream):
                 await self._fail()
                 raise
 
+    async def receive_into(self, buf: bytearray) -> int:
+        """Append the plaintext that has arrived to ``buf``; return how many bytes.
+
+        The zero-copy sibling of :meth:`receive_some` for a reader that keeps
+        its own buffer (the protocol decoder): each transport message is
+        decrypted in place in the receive buffer and copied once, straight
+        onto the end of ``buf``, and every message already received is taken
+        in one call. Returns 0 at the end of the stream; raises like
+        :meth:`receive_some`.
+        """
+        with self._receive_guard:
+            self._check_usable()
+            try:
+                await self._ensure_handshake()
+                return await self._receive_into(buf)
+            except NoiseError:
+                await self._fail()
+                raise
+
+    async def _receive_into(self, buf: bytearray) -> int:
+        plain = self._plain
+        if plain:  # left over from a receive_some with a small max_bytes
+            await trio.lowlevel.checkpoint()
+            buf += plain
+            added = len(plain)
+            plain.clear()
+            return added
+        transport = self._transport
+        assert transport is not None
+        rbuf = self._rbuf
+        added = 0
+        while not added:
+            if self._eof or await self._fill_frame() is None:
+                self._eof = True
+                await trio.lowlevel.checkpoint()
+                return 0
+            # Every whole message buffered: decrypt each in place, copy it out once.
+            start = 0
+            with memoryview(rbuf) as view:
+                while len(rbuf) - start >= LENGTH_BYTES:
+                    end = start + LENGTH_BYTES + ((rbuf[start] << 8) | rbuf[start + 1])
+                    if end > len(rbuf):
+                        break
+                    size = transport.decrypt_in_place(rbuf, start + LENGTH_BYTES, end)
+                    buf += view[start + LENGTH_BYTES : start + LENGTH_BYTES + size]
+                    added += size
+                    start = end
+            del rbuf[:start]
+        return added
+
     async def _receive_plaintext(self, max_bytes: int | None) -> bytes:
         plain = self._plain
         if plain:

@@ -388,7 +388,7 @@ _DECODERS: dict[int, tuple[tuple[int, ...], Callable[[list[Any]], Message]]] = {
 }
 
 
-def decode_body(body: bytes) -> Message:
+def decode_body(body: bytes | bytearray | memoryview) -> Message:
     """Decode one frame body (without its length header)."""
     try:
         obj = msgpack.unpackb(
@@ -424,14 +424,22 @@ class Decoder:
         self._pos = 0  # start of the first undecoded frame in _buf
         self._max = max_frame
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self.writable().extend(data)
+
+    def writable(self) -> bytearray:
+        """The buffer new bytes go on the end of (instead of :meth:`feed`).
+
+        For a reader that appends in place (``SecureStream.receive_into``);
+        it must only append.
+        """
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()  # everything decoded: start over, no copy
             self._pos = 0
         elif self._pos > 65536 and self._pos * 2 > len(self._buf):
             del self._buf[: self._pos]  # drop decoded frames once they dominate
             self._pos = 0
-        self._buf += data
+        return self._buf
 
     @property
     def buffered(self) -> int:
@@ -439,8 +447,9 @@ class Decoder:
 
     def next(self) -> Message | None:
         # Frames are consumed by moving an offset, not by deleting them from
-        # the front (a copy of everything after, per frame); the body is
-        # copied out once (bulk transfers carry 1 GiB through here).
+        # the front (a copy of everything after, per frame), and decoded
+        # straight from the buffer: bulk transfers carry 1 GiB through here,
+        # and the only copy of a block is the bytes object msgpack makes.
         pos, buf = self._pos, self._buf
         if len(buf) - pos < HEADER:
             return None
@@ -450,7 +459,6 @@ class Decoder:
         end = pos + HEADER + size
         if len(buf) < end:
             return None
-        with memoryview(buf) as view:
-            body = bytes(view[pos + HEADER : end])
         self._pos = end
-        return decode_body(body)
+        with memoryview(buf) as view, view[pos + HEADER : end] as body:
+            return decode_body(body)
