@@ -260,6 +260,49 @@ async def test_both_dial_at_once_one_connection_survives(tmp_path: Path) -> None
         await b.stop()
 
 
+@pytest.mark.parametrize("here_max", [0, 1000])
+async def test_initial_scan_runs_in_a_child_only_for_a_bigger_folder(
+    tmp_path: Path, here_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "f"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("a")
+    (folder / "sub" / "b.txt").write_text("b")
+    mesh = Mesh.create(folder)
+    children: list[list[str]] = []
+    real_run_process = trio.run_process
+
+    async def spy(command: list[str], **kwargs: object) -> object:
+        children.append(command)
+        return await real_run_process(command, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio, "run_process", spy)
+    config = _config(folder)
+    config.scan_here_max = here_max  # 0: always in a child; 1000: this folder is small
+    node = Node(mesh, config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        # Either way the initial scan found everything before serving.
+        assert {"a.txt", "sub", "sub/b.txt"} <= {r.path for r in node.index.all()}
+        await node.stop()
+    assert [c[2] for c in children] == (["syncron_p2p.node.scanproc"] if here_max == 0 else [])
+
+
+def test_entry_count_stops_early_and_leaves_out_the_state_directory(tmp_path: Path) -> None:
+    from syncron_p2p.node.runner import _fewer_entries
+
+    (tmp_path / ".syncron" / "tmp").mkdir(parents=True)
+    for i in range(5):
+        (tmp_path / ".syncron" / "tmp" / f"t{i}").write_text("x")
+    assert _fewer_entries(tmp_path, 1)  # the state directory does not count
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "e" / "f.txt").write_text("x")
+    assert _fewer_entries(tmp_path, 4) and not _fewer_entries(tmp_path, 3)
+    os.symlink(tmp_path / "d", tmp_path / "link")  # counted, not followed
+    assert _fewer_entries(tmp_path, 5) and not _fewer_entries(tmp_path, 4)
+    assert not _fewer_entries(tmp_path / "missing", 10)
+
+
 async def test_removed_peer_is_refused(tmp_path: Path) -> None:
     ma, mb = _pair(tmp_path)
     a = Node(ma, _config(ma.folder))

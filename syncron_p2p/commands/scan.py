@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from syncron_p2p.folder import check_folder
 from syncron_p2p.ids import node_id
@@ -54,6 +52,10 @@ def scan_folder(
     index = Index.open(root, me)
     if not show_progress:
         return Scanner(root, index, sync_git=sync_git, collect_changes=False).scan(), {}, index
+    # rich is imported here: every command's start-up would pay for it (~40 ms)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     console = Console(stderr=True)
     with Progress(
         TextColumn("scanning"),

@@ -60,6 +60,7 @@ from syncron_p2p.node.peer import PeerConnection, handshake
 from syncron_p2p.node.scanproc import spinner
 from syncron_p2p.node.secure_stream import SecureStream
 from syncron_p2p.node.watcher import Watcher
+from syncron_p2p.paths import STATE_DIR
 from syncron_p2p.protocol import codec
 from syncron_p2p.protocol.messages import Goodbye, Message
 from syncron_p2p.sync.conflicts import CONFLICT_MARK
@@ -91,6 +92,7 @@ BULK_RATE = 256  # ... or remote files applied within one BULK_WINDOW
 BULK_WINDOW = 1.0  # seconds
 APPLIED_LINES = 20  # "updated PATH" log lines per second before summarising
 SCAN_STEP = 1024  # records per locked step of a full scan of a big tree
+SCAN_HERE_MAX = 1000  # a folder with fewer entries has its initial scan in-process
 
 
 @dataclass(slots=True)
@@ -110,7 +112,8 @@ class NodeConfig:
     rebrowse_interval: float = 60.0
     max_backoff: float = MAX_BACKOFF
     progress: bool = False  # a spinner on stderr during the initial scan
-    scan_in_child: bool = True  # initial scan in a child process (see scanproc.py)
+    scan_in_child: bool = True  # initial scan in a child process (see scanproc.py) ...
+    scan_here_max: int = SCAN_HERE_MAX  # ... unless the folder has fewer entries
 
 
 def count_conflicts(index: Index) -> int:
@@ -192,8 +195,16 @@ class Node:
         )
 
     async def _initial_scan(self) -> None:
-        """Scan everything before serving; in a child process when configured."""
-        if self.config.scan_in_child:
+        """Scan everything before serving; in a child process when configured.
+
+        A folder of fewer than ``scan_here_max`` entries (a device joining with an
+        empty folder, say) is scanned here: the child's start-up (~0.25 s) would
+        cost more than the scan, and the memory it protects only matters for
+        big trees.
+        """
+        limit = self.config.scan_here_max
+        few = await trio.to_thread.run_sync(_fewer_entries, self.folder, limit)
+        if self.config.scan_in_child and not few:
             self.index.close()
             cmd = [sys.executable, "-m", "syncron_p2p.node.scanproc", str(self.folder)]
             cmd += [self.node_id, *(["--progress"] if self.config.progress else [])]
@@ -957,3 +968,26 @@ class Node:
         """Stop at once (a second Ctrl-C): no goodbyes, no flushing."""
         self._stopping = True
         self._scope.cancel()
+
+
+def _fewer_entries(folder: Path, limit: int) -> bool:
+    """Whether ``folder`` (its state directory aside) has fewer than ``limit``
+    entries, found by a walk that stops at ``limit`` (symlinks not followed).
+    An unreadable directory answers False: the full scan reports it."""
+    state = str(folder / STATE_DIR)
+    seen = 0
+    stack = [str(folder)]
+    while stack and seen < limit:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.path == state:
+                        continue
+                    seen += 1
+                    if seen >= limit:
+                        return False
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            return False
+    return seen < limit
