@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import enum
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import trio
 
@@ -63,6 +64,8 @@ from syncron_p2p.crypto.noise import (
 LENGTH_BYTES = 2
 RECEIVE_CHUNK = 256 * 1024
 SEND_BATCH = 16  # transport messages joined into one transport write (~1 MiB)
+
+_T = TypeVar("_T")
 
 
 class _State(enum.Enum):
@@ -357,14 +360,7 @@ class SecureStream(trio.abc.Stream):
             max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
-        with self._receive_guard:
-            self._check_usable()
-            try:
-                await self._ensure_handshake()
-                return await self._receive_plaintext(max_bytes)
-            except NoiseError:
-                await self._fail()
-                raise
+        return await self._receiving(lambda: self._receive_plaintext(max_bytes))
 
     async def receive_into(self, buf: bytearray) -> int:
         """Append the plaintext that has arrived to ``buf``; return how many bytes.
@@ -376,11 +372,16 @@ class SecureStream(trio.abc.Stream):
         in one call. Returns 0 at the end of the stream; raises like
         :meth:`receive_some`.
         """
+        return await self._receiving(lambda: self._receive_into(buf))
+
+    async def _receiving(self, receive: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``receive`` as the one receiving task, after the handshake; a
+        NoiseError breaks the stream."""
         with self._receive_guard:
             self._check_usable()
             try:
                 await self._ensure_handshake()
-                return await self._receive_into(buf)
+                return await receive()
             except NoiseError:
                 await self._fail()
                 raise
