@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -472,6 +473,46 @@ def test_a_disk_that_fails_writes_costs_no_crash_and_is_retried(
     assert net.converged()
     errors = [n for n in receiver.notices if n.kind == "error"]
     assert errors and "No space left" in errors[0].detail
+
+
+@pytest.mark.parametrize("step", ["sync_temps", "sync_installed"])
+def test_a_disk_that_fails_to_flush_costs_no_crash_and_is_retried(
+    monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    # The flush before the renames (or after them) fails for a while - an I/O
+    # error on a dying disk, a full one. The receiver keeps running, says
+    # why, stores nothing it could not make durable, and gets there later.
+    from syncron_p2p.sync.disk import DiskFailure
+
+    net = MeshNet(2, seed=9)
+    _fill(net, 60)
+    receiver = net.node(1)
+    flush = getattr(receiver.disk, step)
+    install = receiver.disk.install_file
+    failures = {"left": 3, "installed": 0}
+
+    def installing(*args: Any) -> Any:
+        failures["installed"] += 1
+        return install(*args)
+
+    def failing(*args: object) -> None:
+        # (the flush after installs fails only when there were installs)
+        if failures["left"] > 0 and (step == "sync_temps" or failures["installed"]):
+            failures["left"] -= 1
+            failures["installed"] = 0
+            raise DiskFailure("cannot flush fetched files to disk: Input/output error")
+        failures["installed"] = 0
+        flush(*args)
+
+    monkeypatch.setattr(receiver.disk, "install_file", installing)
+    monkeypatch.setattr(receiver.disk, step, failing)
+    net.connect_all()
+    net.run(seconds=600)
+    assert failures["left"] == 0
+    assert net.files(1) == net.files(0)
+    assert net.converged()
+    errors = [n for n in receiver.notices if n.kind == "error"]
+    assert errors and "Input/output error" in errors[0].detail
 
 
 def test_a_job_reading_a_path_its_batch_wrote_sees_the_write() -> None:

@@ -144,6 +144,10 @@ ENGINE_NS, ANY_FORGOTTEN = "engine", "any-forgotten"
 PATIENCE = 2
 
 
+class _Unflushed(Exception):
+    """The flush after a batch's installs failed: end (roll back) the index batch."""
+
+
 class Store(Protocol):
     """What the engine needs of an index (``index/db.py`` is the real one)."""
 
@@ -245,6 +249,7 @@ class Engine:
         self._ready: list[Job] = []  # all blocks at hand: installed together (_install_due)
         self._ready_since = 0.0  # when the oldest of them became ready
         self._outbox: list[tuple[Record, str]] = []  # (stored record, peer not to tell)
+        self._batch_stored: list[Record] = []  # stored by the running handle_many
         # While an install batch runs: what its files store, written at its end
         # (one index write for the batch), and the paths concerned.
         self._deferred: list[tuple[list[Record], str]] | None = None
@@ -286,25 +291,44 @@ class Engine:
         if self._next_anti_entropy is None:
             self._schedule_anti_entropy()
             self._next_heartbeat = now + self.timing.heartbeat_interval
-        with self.store.batch():
-            for event in events:
-                match event:
-                    case PeerUp(peer):
-                        self._peer_up(peer)
-                    case PeerDown(peer):
-                        self._peer_down(peer)
-                    case Received(peer, message):
-                        self._received(peer, message)
-                    case LocalChanges(records):
-                        self._local_changes(records)
-                    case Tick():
-                        self._tick()
-            self._pump()
-            self._serve_ranges()
-            self.disk.sync_installed()
+        self._batch_stored = []
+        try:
+            with self.store.batch():
+                for event in events:
+                    match event:
+                        case PeerUp(peer):
+                            self._peer_up(peer)
+                        case PeerDown(peer):
+                            self._peer_down(peer)
+                        case Received(peer, message):
+                            self._received(peer, message)
+                        case LocalChanges(records):
+                            self._local_changes(records)
+                        case Tick():
+                            self._tick()
+                self._pump()
+                self._serve_ranges()
+                try:
+                    self.disk.sync_installed()
+                except DiskFailure as exc:
+                    raise _Unflushed(str(exc)) from None  # ends the batch: nothing stored
+        except _Unflushed as exc:
+            self._unflushed(str(exc))
         self._flush_announcements()
         out, self._out = self._out, []
         return out
+
+    def _unflushed(self, why: str) -> None:
+        """The flush after this batch's installs failed, so the index batch was
+        rolled back (the index is never ahead of the disk): announce none of it,
+        and rescan what it changed on disk. Peers' records come back by
+        anti-entropy; what now stands on disk is found by the rescan."""
+        paths = sorted({r.path for r in self._batch_stored})
+        self._outbox.clear()
+        self._changed = True
+        self._notice("error", "", f"{why}; {len(paths)} change(s) not recorded, rescanning")
+        if paths:
+            self._out.append(Rescan(tuple(paths)))
 
     def has_more(self) -> bool:
         """The last call stopped early (caps on work per call): call again now."""
@@ -973,7 +997,19 @@ class Engine:
                 del self.jobs[job.target.path]
             files = [j.key for j in batch if j.target.type == EntryType.FILE]
             if files:
-                self.disk.sync_temps(files)
+                try:
+                    self.disk.sync_temps(files)
+                except DiskFailure as exc:
+                    # Nothing is installed that is not durable. The temps stay
+                    # (what they hold is found again on the retry).
+                    self._notice("error", "", f"{exc}; {len(batch)} file(s) tried again later")
+                    for job in batch:
+                        self.retry[job.remote.path] = (
+                            self._now + 30 * self.timing.retry_delay,
+                            job.remote,
+                            job.origin_peer,
+                        )
+                    continue
             # The installed records are stored together, in one write.
             self._deferred = []
             try:
@@ -1305,6 +1341,7 @@ class Engine:
     def _stored(self, stored: list[Record], origin_peer: str) -> None:
         """What follows every write of records: bookkeeping, notices, pushes."""
         self._changed = True
+        self._batch_stored.extend(stored)
         for rec in stored:
             self.retry.pop(rec.path, None)
             self.attempts.pop(rec.path, None)
