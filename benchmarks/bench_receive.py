@@ -213,7 +213,7 @@ def main() -> None:
                 walls[what].append(r["wall_s"])
                 r["us_per_file"] = round(1e6 * r["wall_s"] / args.files, 1)
                 print(json.dumps({"measure": f"receive: {what}", "round": k, **r}), flush=True)
-        med = {what: statistics.median(v) for what, v in walls.items()}
+        med = {what: round(statistics.median(v), 2) for what, v in walls.items()}
         print(
             json.dumps(
                 {
