@@ -14,16 +14,19 @@ Each initial sync is repeated (``--repeat``, default 3), the two tools
 alternating in going first, each from a flushed page cache; the ratio
 reported is the median of the rounds' ratios.
 
-Two more references per round, because the tools do not promise the same
-thing. rsync returns with the copy in the page cache; a node installs a
-file only once it is on disk (fsync before rename). So each round also
-times (a) **rsync then syncfs**: rsync's run plus the flush of its copy,
-i.e. until rsync's copy is as durable as ours; and (b) the **durable-copy
-floor**: a bare local loop, no network, no encryption, no hashing, that
-copies each source file to a temp, flushes every 256 files (``syncfs``, as
-the engine does) and renames them into place: what any receiver that makes
-files durable before showing them pays on this disk. The ratio against
-plain rsync is the issue's target; the other two say where the time goes.
+Three more references per round, because the tools do not promise the same
+thing. rsync returns with the copy in the page cache; a node installs a file
+only once it is on disk (fsync before rename). So each round also times (a)
+**rsync then syncfs**: rsync's run plus the flush of its copy, i.e. until
+rsync's copy is on disk (though not in order: a crash part-way can leave
+renamed files without their data); (b) **rsync --fsync**, rsync's own mode
+with our guarantee (each file flushed before its rename); and (c) the
+**durable-copy floor**: a bare local loop, no network, no encryption, no
+hashing, that copies each source file to a temp, flushes every 256 files
+(``syncfs``, as the engine does) and renames them into place: what any
+receiver that makes files durable before showing them pays on this disk. The
+ratio against plain rsync is the issue's target; the others say where the
+time goes.
 
 Nothing is deleted until every measurement is done. On ext4 without a
 journal (this VM's root filesystem) the inode allocator skips, checking each
@@ -142,13 +145,14 @@ class RsyncDaemon:
         self.proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}"])
         time.sleep(0.5)
 
-    def pull(self, dest: Path) -> tuple[float, int]:
+    def pull(self, dest: Path, *options: str) -> tuple[float, int]:
         before = lo_bytes()
         t0 = time.perf_counter()
         subprocess.run(
             [
                 "rsync",
                 "-a",
+                *options,
                 "--delete",
                 "--exclude=.syncron",
                 f"rsync://127.0.0.1:{self.port}/data/",
@@ -225,6 +229,14 @@ def _one_rsync(
     t0 = time.perf_counter()
     _flush_fs(r_dir)
     return r_time, r_time + time.perf_counter() - t0, r_bytes, r_dir
+
+
+def _one_rsync_fsync(name: str, daemon: RsyncDaemon, work: Path, k: int) -> float:
+    """rsync's own durable mode (``--fsync``: each file flushed before its rename)."""
+    r_dir = work / f"{name}-rsync-fsync{k}"
+    r_dir.mkdir()
+    settle()
+    return daemon.pull(r_dir, "--fsync")[0]
 
 
 def durable_copy(src: Path, dest: Path) -> float:
@@ -305,14 +317,17 @@ def initial_sync(name: str, src: Path, work: Path, repeat: int) -> None:
                 r_small, _ = daemon.pull(r_dir)
             b.stop()  # (its folder and rsync's stay until the end: see the module doc)
             floor = durable_copy(src, work / f"{name}-floor{k}")
+            r_fsync = _one_rsync_fsync(name, daemon, work, k)
             rounds.append(
                 {
                     "syncron_s": round(ours, 2),
                     "rsync_s": round(r_time, 2),
                     "rsync_then_syncfs_s": round(r_durable, 2),
                     "durable_copy_floor_s": round(floor, 2),
+                    "rsync_fsync_s": round(r_fsync, 2),
                     "ratio": round(ours / r_time, 2),
                     "ratio_to_durable_rsync": round(ours / r_durable, 2),
+                    "ratio_to_rsync_fsync": round(ours / r_fsync, 2),
                     "ratio_to_floor": round(ours / floor, 2),
                     "rsync_ratio_to_floor": round(r_time / floor, 2),
                     "syncron_wire_mib": round(ours_bytes / 2**20, 1),
@@ -335,6 +350,7 @@ def initial_sync(name: str, src: Path, work: Path, repeat: int) -> None:
                 "time_ratio_median": ratios[len(ratios) // 2],
                 "time_ratio_range": [ratios[0], ratios[-1]],
                 "ratio_to_durable_rsync_median": median("ratio_to_durable_rsync"),
+                "ratio_to_rsync_fsync_median": median("ratio_to_rsync_fsync"),
                 "ratio_to_floor_median": median("ratio_to_floor"),
                 "rsync_ratio_to_floor_median": median("rsync_ratio_to_floor"),
                 "rounds": rounds,
