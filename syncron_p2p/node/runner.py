@@ -203,8 +203,9 @@ class Node:
         big trees.
         """
         limit = self.config.scan_here_max
-        few = await trio.to_thread.run_sync(_fewer_entries, self.folder, limit)
-        if self.config.scan_in_child and not few:
+        if self.config.scan_in_child and not await trio.to_thread.run_sync(
+            _fewer_entries, self.folder, limit
+        ):
             self.index.close()
             cmd = [sys.executable, "-m", "syncron_p2p.node.scanproc", str(self.folder)]
             cmd += [self.node_id, *(["--progress"] if self.config.progress else [])]
