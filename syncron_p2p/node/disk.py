@@ -23,6 +23,7 @@ import re
 import stat
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ class RealDisk:
         self._dirty: set[str] = set()  # directories with entries not yet durable
         # What our own writes left at each (absolute) path, newest last: the
         # watcher's events for them are not changes (see is_own).
-        self._own: dict[str, tuple[Observation | None, float]] = {}
+        # (An OrderedDict: the oldest note is dropped in O(1); a dict's first
+        # key is found by skipping every slot freed before it.)
+        self._own: OrderedDict[str, tuple[Observation | None, float]] = OrderedDict()
         self._pending: dict[str, float] = {}  # path -> when we began changing it
 
     # ------------------------------------------------------------ helpers
@@ -343,8 +346,8 @@ class RealDisk:
     def _mine(self, p: str, obs: Observation | None) -> None:
         now = time.monotonic()
         own = self._own
-        own.pop(p, None)
         own[p] = (obs, now)
+        own.move_to_end(p)
         # Events come within milliseconds of the write: forget old notes, so a
         # bulk transfer does not leave one per file behind (memory).
         while own:

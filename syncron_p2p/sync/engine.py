@@ -779,13 +779,20 @@ class Engine:
             # Records whose content came inline first, job slots or not: they
             # complete at once, and waiting behind block transfers would only
             # keep their content in memory (or drop it, to be sent again).
-            while self._inline and self._starts < STARTS_PER_CALL:
-                self._start_queued(next(iter(self._inline)))
-            while (
-                self.queue and len(self.jobs) < MAX_ACTIVE_JOBS and self._starts < STARTS_PER_CALL
-            ):
+            # (The paths are taken in one pass: a dict's first key is found by
+            # skipping every slot freed before it, so taking the first key
+            # once per start would cost time quadratic in the queue's length.
+            # Starting never queues anything.)
+            for path in list(itertools.islice(self._inline, STARTS_PER_CALL - self._starts)):
+                if self._starts >= STARTS_PER_CALL:
+                    break
+                if path in self._inline:  # (not started as an ancestor meanwhile)
+                    self._start_queued(path)
+            room = min(MAX_ACTIVE_JOBS - len(self.jobs), STARTS_PER_CALL - self._starts)
+            for path in list(itertools.islice(self.queue, max(room, 0))):
+                if len(self.jobs) >= MAX_ACTIVE_JOBS or self._starts >= STARTS_PER_CALL:
+                    break
                 self._starts += 1
-                path = next(iter(self.queue))
                 rec, sources = self.queue.pop(path)
                 self._start(rec, sources, self._take_held(path))
             self._request_blocks()

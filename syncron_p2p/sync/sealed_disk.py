@@ -79,7 +79,8 @@ class SealedDisk:
         self.inner = inner
         self.keys = SealKeys.derive(secure_key)
         self._lookup = lookup  # the index's current record of a path
-        self._planned: dict[str, Record] = {}  # temp key -> sealed record it assembles
+        # temp key -> sealed record it assembles (oldest first, dropped in O(1))
+        self._planned: OrderedDict[str, Record] = OrderedDict()
         self._pmap = pmap
         self._users = users  # records with a content hash (None: never drop kept objects)
         # A cheap fingerprint of a path's record (its merkle leaf): serving a
@@ -114,7 +115,7 @@ class SealedDisk:
         key = record.content_hash.hex()
         if record.sealed and record.type == EntryType.FILE and not record.deleted:
             if len(self._planned) >= MAX_PLANNED:
-                self._planned.pop(next(iter(self._planned)))
+                self._planned.popitem(last=False)
             self._planned[key] = record
         else:
             self._planned.pop(key, None)
