@@ -634,3 +634,26 @@ def test_a_record_request_is_answered_whole_with_content_inline_up_to_the_budget
     content = sum(len(data) for page in pages for _, data in page.inline)
     assert 0 < content <= engine_module.SERVE_BYTES + engine_module.INLINE_MAX
     assert sum(len(codec.encode(p)) for p in pages) <= _reply_bound() + 300 * 200
+
+
+def test_files_that_start_their_ancestors_past_the_cap_per_call_are_all_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Starting a file with content starts its queued ancestors first, so one
+    # call may start more than STARTS_PER_CALL: the next round of starts in
+    # that call (after an install batch, due at once here) must take that in
+    # its stride - nothing more to start - not fail.
+    monkeypatch.setattr(engine_module, "STARTS_PER_CALL", 3)
+    monkeypatch.setattr(engine_module, "READY_FILES", 2)
+
+    def write(disk: object) -> None:
+        for i in range(12):
+            disk.write(f"a{i % 3}/b/c/d/f{i:02d}.txt", f"deep {i}".encode())  # type: ignore[attr-defined]
+
+    net = MeshNet(2, seed=23, shuffle=False)
+    net.edit(0, write)
+    net.connect_all()
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)
+    assert net.node(1).engine.stats["blocks_inline"] == 12

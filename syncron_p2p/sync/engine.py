@@ -783,7 +783,9 @@ class Engine:
             # skipping every slot freed before it, so taking the first key
             # once per start would cost time quadratic in the queue's length.
             # Starting never queues anything.)
-            for path in list(itertools.islice(self._inline, STARTS_PER_CALL - self._starts)):
+            # (_starts may pass the cap: an ancestor is started with its child.)
+            budget = max(STARTS_PER_CALL - self._starts, 0)
+            for path in list(itertools.islice(self._inline, budget)):
                 if self._starts >= STARTS_PER_CALL:
                     break
                 if path in self._inline:  # (not started as an ancestor meanwhile)
