@@ -38,5 +38,9 @@ class CryptoError(RemoteProtocolError):
     """Authentication or decryption failed. Deliberately uninformative."""
 
 
+class InternalError(SyncronError):
+    """A bug: the node cannot go on (after it has tried to recover)."""
+
+
 class UnsafePathError(SyncronError):
     """A path is not a safe, normalised path inside the synced folder."""

@@ -17,14 +17,17 @@ import pytest
 import trio
 
 from syncron_p2p.config import Timing
-from syncron_p2p.errors import UsageError
+from syncron_p2p.errors import InternalError, UsageError
 from syncron_p2p.mesh import Mesh
 from syncron_p2p.node import control
+from syncron_p2p.node import runner as runner_module
 from syncron_p2p.node.discovery import Discovery, Found
 from syncron_p2p.node.disk import RealDisk
 from syncron_p2p.node.options import FolderLock, parse_hostport
 from syncron_p2p.node.runner import Node, NodeConfig
 from syncron_p2p.node.watcher import Watcher, plan_watches
+from syncron_p2p.protocol.messages import Records
+from syncron_p2p.sync.engine import Engine, PeerState
 
 FAST = Timing(anti_entropy_period=1.0, heartbeat_interval=0.5, peer_timeout=4.0)
 
@@ -416,3 +419,80 @@ async def test_a_full_scan_of_a_big_tree_goes_in_steps_and_lets_sync_in_between(
         await until(lambda: (mb.folder / "d3" / "f1.txt").read_text() == "edited\n", 10)
         await a.stop()
         await b.stop()
+
+
+# ------------------------------------------------------- engine faults
+
+
+def _fail_records_of(
+    monkeypatch: pytest.MonkeyPatch, node: Callable[[], Node], times: int
+) -> list[str]:
+    """Make ``node``'s engine raise on the next ``times`` Records it handles."""
+    faults: list[str] = []
+    original = Engine._on_records
+
+    def failing(self: Engine, peer: str, state: PeerState, msg: Records) -> None:
+        if self is node().engine and len(faults) < times:
+            faults.append(peer)
+            raise RuntimeError("injected engine fault")
+        original(self, peer, state, msg)
+
+    monkeypatch.setattr(Engine, "_on_records", failing)
+    return faults
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+async def test_a_fault_in_the_engine_restarts_it_and_the_node_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ma, mb = _pair(tmp_path)
+    for i in range(30):
+        (ma.folder / f"f{i:02d}.txt").write_text(f"before the fault {i}")
+    a = Node(ma, _config(ma.folder))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert a.listen_address is not None
+        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
+        first = b.engine
+        faults = _fail_records_of(monkeypatch, lambda: b, times=1)
+        await nursery.start(b.run)
+        await until(lambda: (mb.folder / "f29.txt").exists(), 20)
+        assert faults == [a.node_id]  # it did fail, on a's records
+        assert b.engine is not first and len(b.engine_faults) == 1
+        assert "internal error in the sync engine" in caplog.text
+        # Rebuilt, reconnected, in sync - and it goes on syncing both ways.
+        (mb.folder / "after.txt").write_text("after the fault")
+        await until(lambda: (ma.folder / "after.txt").exists(), 20)
+        assert sorted(p.name for p in mb.folder.glob("*.txt")) == sorted(
+            p.name for p in ma.folder.glob("*.txt")
+        )
+        await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 20)
+        await a.stop()
+        await b.stop()
+
+
+async def test_an_engine_that_keeps_failing_stops_the_node_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "ENGINE_FAULTS_MAX", 1)
+    ma, mb = _pair(tmp_path)
+    (ma.folder / "f.txt").write_text("never arrives")
+    a = Node(ma, _config(ma.folder))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert a.listen_address is not None
+        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
+        faults = _fail_records_of(monkeypatch, lambda: b, times=100)
+        with trio.fail_after(30):
+            with pytest.raises(BaseExceptionGroup) as raised:
+                await b.run()
+        internal = [e for e in _leaves(raised.value) if isinstance(e, InternalError)]
+        assert len(internal) == 1 and "failed 2 times" in str(internal[0])
+        assert len(faults) == 2  # once rebuilt, then stopped: no loop
+        assert not (mb.folder / "f.txt").exists()
+        await a.stop()

@@ -43,7 +43,7 @@ from typing import Any
 import trio
 
 from syncron_p2p.config import Role, Timing
-from syncron_p2p.errors import UsageError
+from syncron_p2p.errors import InternalError, UsageError
 from syncron_p2p.ids import node_id as node_id_of
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.scanner import (
@@ -93,6 +93,10 @@ BULK_WINDOW = 1.0  # seconds
 APPLIED_LINES = 20  # "updated PATH" log lines per second before summarising
 SCAN_STEP = 1024  # records per locked step of a full scan of a big tree
 SCAN_HERE_MAX = 1000  # a folder with fewer entries has its initial scan in-process
+# An engine that raises (a bug) is rebuilt from the index, up to this many
+# times within ENGINE_FAULT_WINDOW seconds; one more and the node stops.
+ENGINE_FAULTS_MAX = 3
+ENGINE_FAULT_WINDOW = 600.0
 
 
 @dataclass(slots=True)
@@ -179,12 +183,16 @@ class Node:
         self._applied_window = 0.0
         self._applied_shown = 0
         self._applied_hidden = 0
+        self.engine_faults: list[float] = []  # when the engine raised (recent ones)
 
     def _open(self) -> None:
         """Open the index and build a fresh engine on it."""
         self.index = Index.open(self.folder, self.node_id)
         self.scanner = Scanner(self.folder, self.index)
-        self.engine = Engine(
+        self.engine = self._new_engine()
+
+    def _new_engine(self) -> Engine:
+        return Engine(
             self.index,
             self.disk,
             self.node_id,
@@ -259,7 +267,11 @@ class Node:
                 if not events:
                     return
             now = trio.current_time()
-            effects = await trio.to_thread.run_sync(self._handle_many, events, now)
+            try:
+                effects = await trio.to_thread.run_sync(self._handle_many, events, now)
+            except Exception as exc:  # a bug in the engine: not the peer's doing
+                self._engine_fault(exc)
+                effects = []
             waits = self._execute(effects)
             bulk = self._bulk_due(now)
             if self.engine.has_more():
@@ -271,6 +283,39 @@ class Node:
         for conn in waits:
             if conn.peer_id != origin:
                 await conn.wait_writable()
+
+    def _engine_fault(self, exc: Exception) -> None:
+        """The engine raised: contain it, as a restart of the node would.
+
+        Its index batch was rolled back (``Index.batch``), so the index holds
+        what it held before the failing call; only the engine's memory is in
+        doubt. A fresh engine is built on the index, every connection is
+        closed (the peers reconnect and reconcile in full with the new one)
+        and the whole folder is rescanned, so whatever the failed batch had
+        already installed is recorded. Too many faults in a row stop the node
+        with an :class:`InternalError` rather than loop.
+        """
+        now = trio.current_time()
+        recent = [t for t in self.engine_faults if now - t < ENGINE_FAULT_WINDOW]
+        self.engine_faults = [*recent, now]
+        if len(self.engine_faults) > ENGINE_FAULTS_MAX:
+            log.error("internal error in the sync engine", exc_info=exc)
+            raise InternalError(
+                f"the sync engine failed {len(self.engine_faults)} times within"
+                f" {ENGINE_FAULT_WINDOW:.0f} s (last: {exc!r}); stopping"
+            ) from exc
+        log.error(
+            "internal error in the sync engine (%r): nothing of its batch was recorded;"
+            " restarting it from the index, reconnecting and rescanning",
+            exc,
+            exc_info=exc,
+        )
+        stats = self.engine.stats
+        self.engine = self._new_engine()
+        self.engine.stats.update(stats)  # (the node's counters outlive the engine)
+        for conn in list(self.connections.values()):
+            conn.close("sync engine restarted")
+        self._mark_dirty(None)
 
     def _execute(self, effects: list[tuple[Effect, bytes | None]]) -> list[PeerConnection]:
         waits: list[PeerConnection] = []
