@@ -779,11 +779,11 @@ class Engine:
             # Records whose content came inline first, job slots or not: they
             # complete at once, and waiting behind block transfers would only
             # keep their content in memory (or drop it, to be sent again).
-            # (The paths are taken in one pass: a dict's first key is found by
-            # skipping every slot freed before it, so taking the first key
-            # once per start would cost time quadratic in the queue's length.
-            # Starting never queues anything.)
-            # (_starts may pass the cap: an ancestor is started with its child.)
+            # The paths are taken in one pass: a dict's first key is found by
+            # skipping every slot freed before it, so taking the first key once
+            # per start would cost time quadratic in the queue's length
+            # (starting never queues anything). _starts may pass the cap: an
+            # ancestor is started with its child.
             budget = max(STARTS_PER_CALL - self._starts, 0)
             for path in list(itertools.islice(self._inline, budget)):
                 if self._starts >= STARTS_PER_CALL:
