@@ -353,9 +353,7 @@ async def test_watcher_ignores_the_nodes_own_writes_but_not_a_later_edit(tmp_pat
 async def test_bulk_transfer_pauses_the_watcher_and_misses_no_local_edit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from syncron_p2p.node import runner
-
-    monkeypatch.setattr(runner, "BULK_BACKLOG", 50)
+    monkeypatch.setattr(runner_module, "BULK_BACKLOG", 50)
     ma, mb = _pair(tmp_path)
     for i in range(600):
         (ma.folder / f"d{i % 6}").mkdir(exist_ok=True)
@@ -382,9 +380,7 @@ async def test_bulk_transfer_pauses_the_watcher_and_misses_no_local_edit(
 async def test_a_full_scan_of_a_big_tree_goes_in_steps_and_lets_sync_in_between(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from syncron_p2p.node import runner
-
-    monkeypatch.setattr(runner, "SCAN_STEP", 10)  # 60 records: "big"
+    monkeypatch.setattr(runner_module, "SCAN_STEP", 10)  # 60 records: "big"
     ma, mb = _pair(tmp_path)
     for i in range(10):
         (ma.folder / f"d{i}").mkdir()
