@@ -193,3 +193,29 @@ def test_a_version_from_a_node_that_left_still_supersedes() -> None:
     world.run(until=300.0, stop=lambda: world.pending_actions == 0 and world.converged())
     assert world.converged()
     assert invariants.check(world) == []
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(0, 2**32), st.integers(2, 5), st.integers(1, 3))
+def test_random_scenarios_keep_every_invariant_with_tiny_caps(
+    seed: int, nodes: int, starts: int
+) -> None:
+    # Every cap on work per call at its smallest: the "stop early, call
+    # again" paths (starts, install batches, job slots, range replies,
+    # record pages) run all the time instead of only in big transfers.
+    from syncron_p2p.sync import engine
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (
+            ("STARTS_PER_CALL", starts),
+            ("INGEST_HIGH", 2 * starts),
+            ("READY_FILES", 2),
+            ("READY_BYTES", 4096),
+            ("MAX_ACTIVE_JOBS", 3),
+            ("SERVE_PER_CALL", 5),
+            ("RECORDS_PAGE", 4),
+        ):
+            mp.setattr(engine, name, value)
+        report = run("random", nodes, seed, files=40, gc=True)
+    assert report.converged, (seed, nodes, starts, report.replay)
+    assert report.invariant_violations == [], (seed, nodes, starts, report.replay)
