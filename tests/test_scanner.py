@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from syncron_p2p.index import scanner as scanner_mod
 from syncron_p2p.index.blocks import FileDigest, hash_file
 from syncron_p2p.index.db import Index
+from syncron_p2p.index.forgotten import ANY_FORGOTTEN, ENGINE_NS, FORGOTTEN_NS, encode_vector
 from syncron_p2p.index.merkle import MerkleTree
 from syncron_p2p.index.records import EntryType, entry_digest
 from syncron_p2p.index.scanner import Scanner
-from syncron_p2p.index.versions import VersionVector
+from syncron_p2p.index.versions import Order, VersionVector
 
 NODE = "TESTNODE"
 
@@ -649,3 +650,37 @@ def test_a_full_scan_in_steps_finds_what_one_pass_finds(tmp_path: Path, step: in
     finally:
         for index in indexes:
             index.close()
+
+
+def test_a_new_entry_where_a_tombstone_was_collected_supersedes_it(folder: Path) -> None:
+    # Collection forgets the record but keeps its vector (index/forgotten.py):
+    # a file, directory or link made there later is minted on that vector,
+    # not as {actor: 1} - which the deleter's own counter already passed,
+    # so every node that collected the tombstone would drop it.
+    paths = ("gone.txt", "gone-dir", "gone-link")
+    (folder / "gone.txt").write_text("the old file")
+    (folder / "gone-dir").mkdir()
+    os.symlink("gone.txt", folder / "gone-link")
+    with Index.open(folder, NODE) as index:
+        scan(folder, index)
+        (folder / "gone.txt").unlink()
+        (folder / "gone-dir").rmdir()
+        (folder / "gone-link").unlink()
+        scan(folder, index)
+        collected = {}
+        for path in paths:
+            tomb = index.get(path)
+            assert tomb is not None and tomb.deleted
+            collected[path] = tomb.version
+            index.kv_put(FORGOTTEN_NS, path, encode_vector(tomb.version))
+        index.kv_put(ENGINE_NS, ANY_FORGOTTEN, b"1")
+        index.forget(paths)
+        (folder / "gone.txt").write_text("a new file, same name")
+        (folder / "gone-dir").mkdir()
+        os.symlink("elsewhere.txt", folder / "gone-link")
+        scan(folder, index)
+        for path in paths:
+            rec = index.get(path)
+            assert rec is not None and not rec.deleted, path
+            assert rec.version.compare(collected[path]) == Order.AFTER, path
+            assert rec.origin == index.actor

@@ -61,6 +61,30 @@ def test_a_single_deletion_is_collected_everywhere() -> None:
     assert invariants.check(world) == []
 
 
+@pytest.mark.parametrize("creator", ["n0", "n1"])
+def test_a_file_created_where_a_tombstone_was_collected_reaches_every_node(creator: str) -> None:
+    # Once the tombstone is collected, each node remembers only its vector;
+    # a new file at that path must supersede it, or every node that
+    # collected it drops the new file as "already deleted" (n0 deleted the
+    # old file, n1 did not: both re-creations must spread).
+    world = World(3, timing=Timing(), degree=0)
+    world.seed_folder(5)
+    for i in range(3):
+        world.add_node(f"n{i}")
+    world.build_overlay()
+    world.connect_all()
+    world.at(5.0, "delete", lambda: world.edit("n0", lambda d: d.delete("d0/f0.txt")))
+    world.run(until=2000.0, stop=lambda: world.now > 6 and not world.tombstones(), every=20.0)
+    assert world.tombstones() == 0
+    world.edit(creator, lambda d: d.write("d0/f0.txt", b"a new file, same name"))
+    world.run(until=world.now + 600.0, stop=world.converged)
+    assert world.converged()
+    for node in world.nodes.values():
+        rec = node.store.get("d0/f0.txt")
+        assert rec is not None and not rec.deleted, node.name
+    assert invariants.check(world) == []
+
+
 def test_same_scenario_and_seed_give_the_same_trace() -> None:
     a = run("partition-heal", 6, 7, files=20, gc=False)
     b = run("partition-heal", 6, 7, files=20, gc=False)

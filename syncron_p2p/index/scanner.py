@@ -73,6 +73,7 @@ from syncron_p2p.crypto.sealed import Sealer, SealKeys
 from syncron_p2p.folder import TMP_DIR
 from syncron_p2p.index.blocks import FileDigest, hash_fd, hash_file, unpack_digest_blocks
 from syncron_p2p.index.db import DirSummary, Index, Known
+from syncron_p2p.index.forgotten import any_forgotten, forgotten
 from syncron_p2p.index.ignore import GIT_DIR_NAME, IgnoreRules
 from syncron_p2p.index.records import (
     EntryType,
@@ -253,6 +254,8 @@ class Scanner:
         self._first_actor = self.index.actor
         self._first = VersionVector().bump(self._first_actor)
         self._first_sum = self._first.total()
+        # Paths whose tombstone was collected get versions on its vector.
+        self._any_forgotten = any_forgotten(self.index)
         try:
             # Writes go in transactions of a few seconds: a commit per batch
             # of records would rewrite the same index pages again and again.
@@ -713,10 +716,15 @@ class Scanner:
 
     # ------------------------------------------------------------ entries
 
+    def _base(self, rel: str) -> VersionVector | None:
+        """The history of ``rel``, which has no record (forgotten.history)."""
+        return forgotten(self.index, rel) if self._any_forgotten else None
+
     def _directory(self, rel: str, indexed: bool) -> None:
         self._new_dirs.add(rel)
         old = self.index.get(rel) if indexed else None
-        self._emit(mint(rel, EntryType.DIRECTORY, old, self.index.actor, mode=DIR_MODE))
+        base = self._base(rel) if old is None else None
+        self._emit(mint(rel, EntryType.DIRECTORY, old, self.index.actor, mode=DIR_MODE, base=base))
 
     def _symlink(self, rel: str, abspath: str, known: Known | None) -> None:
         try:
@@ -732,15 +740,17 @@ class Scanner:
             return
         if known is not None and known[0] == EntryType.SYMLINK and known[3] == target:
             return
+        old = self.index.get(rel)
         self._emit(
             mint(
                 rel,
                 EntryType.SYMLINK,
-                self.index.get(rel),
+                old,
                 self.index.actor,
                 mode=0o777,
                 content_hash=blake3.blake3(target.encode("utf-8")).digest(),
                 target=target,
+                base=self._base(rel) if old is None else None,
             )
         )
 
@@ -767,7 +777,8 @@ class Scanner:
             # Same content (touched, or copied back): refresh the fingerprint only.
             self._emit(replace(old, fingerprint=p.fp))
             return
-        if old is None:
+        base = self._base(p.rel) if old is None else None
+        if old is None and base is None:
             # A path new to the index: what mint() makes, with the one vector
             # every new path gets (built once per scan, not once per file).
             self._emit(
@@ -798,6 +809,7 @@ class Scanner:
                 blocks=digest.blocks,
                 fingerprint=p.fp,
                 sealed=p.sealed,
+                base=base,
             )
         )
 

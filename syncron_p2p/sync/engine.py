@@ -39,6 +39,14 @@ import blake3
 
 from syncron_p2p.config import Role, Timing
 from syncron_p2p.errors import RemoteProtocolError, UnsafePathError
+from syncron_p2p.index.forgotten import (
+    ANY_FORGOTTEN,
+    ENGINE_NS,
+    FORGOTTEN_NS,
+    any_forgotten,
+    encode_vector,
+    forgotten,
+)
 from syncron_p2p.index.merkle import MerkleTree
 from syncron_p2p.index.records import (
     EMPTY_HASH,
@@ -134,10 +142,6 @@ PAGE_BYTES = 512 * 1024
 # and fetched as blocks later (memory stays bounded whatever a peer sends).
 INLINE_MAX = 64 * 1024
 INLINE_HELD = 32 * 1024 * 1024
-FORGOTTEN_NS = "forgotten"
-# Set once any tombstone was collected: until then no path can be forgotten,
-# and the per-record lookup in FORGOTTEN_NS is skipped (initial syncs).
-ENGINE_NS, ANY_FORGOTTEN = "engine", "any-forgotten"
 # Failed attempts before a structural conflict (a file where a directory must
 # be, or a directory that must go but still has entries) is resolved rather
 # than waited out: the tombstones that would dissolve it may still be coming.
@@ -237,7 +241,7 @@ class Engine:
         self.deletes: dict[str, tuple[Record, str]] = {}
         self.retry: dict[str, tuple[float, Record, str]] = {}
         self._next_id = 1
-        self._any_forgotten = store.kv_get(ENGINE_NS, ANY_FORGOTTEN) is not None
+        self._any_forgotten = any_forgotten(store)
         self.attempts: dict[str, int] = {}
         self._changed = False  # the index changed since we last announced our root
         # peer -> my last_sequence when our roots last matched (outlives connections)
@@ -755,8 +759,7 @@ class Engine:
     def _forgotten(self, path: str) -> VersionVector | None:
         if not self._any_forgotten:
             return None
-        raw = self.store.kv_get(FORGOTTEN_NS, path)
-        return None if raw is None else _decode_vector(raw)
+        return forgotten(self.store, path)
 
     def _on_collected(self, msg: Collected) -> None:
         """A member collected these tombstones, so every member held them: so may we."""
@@ -1492,7 +1495,7 @@ class Engine:
         if not self._any_forgotten:
             self.store.kv_put(ENGINE_NS, ANY_FORGOTTEN, b"1")
             self._any_forgotten = True
-        self.store.kv_put(FORGOTTEN_NS, path, _encode_vector(version))
+        self.store.kv_put(FORGOTTEN_NS, path, encode_vector(version))
 
     def _notice(self, kind: str, path: str, detail: str) -> None:
         self._out.append(Notice(kind, path, detail))
@@ -1596,15 +1599,3 @@ def _same_state(a: Record | None, b: Record | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return entry_digest(a) == entry_digest(b) and a.fingerprint == b.fingerprint
-
-
-def _encode_vector(v: VersionVector) -> bytes:
-    return "\n".join(f"{a} {c}" for a, c in v.entries).encode()
-
-
-def _decode_vector(raw: bytes) -> VersionVector:
-    entries = []
-    for line in raw.decode().splitlines():
-        actor, _, counter = line.rpartition(" ")
-        entries.append((actor, int(counter)))
-    return VersionVector.of(entries)

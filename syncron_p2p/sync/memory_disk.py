@@ -16,6 +16,7 @@ from typing import Protocol
 import blake3
 
 from syncron_p2p.index.blocks import chunk_bytes
+from syncron_p2p.index.forgotten import history
 from syncron_p2p.index.records import (
     Block,
     EntryType,
@@ -51,6 +52,7 @@ class ScanTarget(Protocol):
     def get(self, path: str) -> Record | None: ...
     def all(self) -> Iterable[Record]: ...
     def put(self, records: Iterable[Record]) -> list[Record]: ...
+    def kv_get(self, ns: str, key: str) -> bytes | None: ...
 
 
 class MemoryDisk:
@@ -142,9 +144,11 @@ class MemoryDisk:
             seen.add(path)
             old = index.get(path)
             live = old is not None and not old.deleted and old.type == e.type
+            # (a path with no record: new, or its tombstone was collected)
+            base = history(index, path) if old is None else None
             if e.type == EntryType.DIRECTORY:
                 if not live:
-                    changed.append(mint(path, e.type, old, index.actor, mode=0o755))
+                    changed.append(mint(path, e.type, old, index.actor, mode=0o755, base=base))
             elif e.type == EntryType.SYMLINK:
                 if not (live and old is not None and old.target == e.target):
                     changed.append(
@@ -156,6 +160,7 @@ class MemoryDisk:
                             mode=0o777,
                             content_hash=blake3.blake3(e.target.encode()).digest(),
                             target=e.target,
+                            base=base,
                         )
                     )
             else:
@@ -176,6 +181,7 @@ class MemoryDisk:
                         content_hash=digest,
                         blocks=tuple(chunk_bytes(e.data)),
                         fingerprint=e.fp,
+                        base=base,
                     )
                 )
         for rec in index.all():
