@@ -46,7 +46,8 @@ def test_small_scenarios_converge_with_all_invariants(
     assert report.messages > 0 and report.bytes > report.messages
 
 
-def test_a_single_deletion_is_collected_everywhere() -> None:
+def _three_nodes_n0_deleting_at_5s() -> World:
+    """A full mesh of three in sync; n0 deletes d0/f0.txt at t=5."""
     world = World(3, timing=Timing(), degree=0)
     world.seed_folder(5)
     for i in range(3):
@@ -54,6 +55,11 @@ def test_a_single_deletion_is_collected_everywhere() -> None:
     world.build_overlay()
     world.connect_all()
     world.at(5.0, "delete", lambda: world.edit("n0", lambda d: d.delete("d0/f0.txt")))
+    return world
+
+
+def test_a_single_deletion_is_collected_everywhere() -> None:
+    world = _three_nodes_n0_deleting_at_5s()
     world.run(until=5.5)
     assert world.tombstones() == 3  # everyone holds it: not yet causally stable
     world.run(until=2000.0, stop=lambda: not world.tombstones(), every=20.0)
@@ -67,13 +73,7 @@ def test_a_file_created_where_a_tombstone_was_collected_reaches_every_node(creat
     # a new file at that path must supersede it, or every node that
     # collected it drops the new file as "already deleted" (n0 deleted the
     # old file, n1 did not: both re-creations must spread).
-    world = World(3, timing=Timing(), degree=0)
-    world.seed_folder(5)
-    for i in range(3):
-        world.add_node(f"n{i}")
-    world.build_overlay()
-    world.connect_all()
-    world.at(5.0, "delete", lambda: world.edit("n0", lambda d: d.delete("d0/f0.txt")))
+    world = _three_nodes_n0_deleting_at_5s()
     world.run(until=2000.0, stop=lambda: world.now > 6 and not world.tombstones(), every=20.0)
     assert world.tombstones() == 0
     world.edit(creator, lambda d: d.write("d0/f0.txt", b"a new file, same name"))
