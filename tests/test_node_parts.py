@@ -492,3 +492,29 @@ async def test_an_engine_that_keeps_failing_stops_the_node_with_a_clear_error(
         assert len(faults) == 2  # once rebuilt, then stopped: no loop
         assert not (mb.folder / "f.txt").exists()
         await a.stop()
+
+
+async def test_a_file_made_again_after_its_tombstone_was_collected_reaches_the_peer(
+    tmp_path: Path,
+) -> None:
+    # Real scanner, real index, real TCP: once both nodes have collected the
+    # deletion, a new file of the same name (made by the deleter, whose own
+    # counter is past the new file's first) must still travel.
+    ma, mb = _pair(tmp_path)
+    a = Node(ma, _config(ma.folder))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert a.listen_address is not None
+        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
+        await nursery.start(b.run)
+        (ma.folder / "notes.txt").write_text("the first notes")
+        await until((mb.folder / "notes.txt").exists, 20)
+        (ma.folder / "notes.txt").unlink()
+        await until(lambda: not (mb.folder / "notes.txt").exists(), 20)
+        await until(lambda: a.index.get("notes.txt") is b.index.get("notes.txt") is None, 30)
+        (ma.folder / "notes.txt").write_text("new notes, same name")
+        await until((mb.folder / "notes.txt").exists, 20)
+        assert (mb.folder / "notes.txt").read_text() == "new notes, same name"
+        await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 20)
+        await a.stop()
+        await b.stop()
