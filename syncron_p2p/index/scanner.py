@@ -254,8 +254,7 @@ class Scanner:
         self._first_actor = self.index.actor
         self._first = VersionVector().bump(self._first_actor)
         self._first_sum = self._first.total()
-        # Paths whose tombstone was collected get versions on its vector.
-        self._any_forgotten = any_forgotten(self.index)
+        self._any_forgotten = False  # (read in _begin, inside the scan's transaction)
         try:
             # Writes go in transactions of a few seconds: a commit per batch
             # of records would rewrite the same index pages again and again.
@@ -277,6 +276,9 @@ class Scanner:
     def _begin(self) -> None:
         self._tx.enter_context(self.index.batch())
         self._tx_start = time.monotonic()
+        # Paths whose tombstone was collected get versions on its vector (read
+        # inside the transaction: no collection can slip in during the scan).
+        self._any_forgotten = any_forgotten(self.index)
 
     def _release(self) -> None:
         """Close what a scan holds: descriptors opened ahead (if it was interrupted), threads."""
