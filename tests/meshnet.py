@@ -171,8 +171,17 @@ class MeshNet:
         self._feed(dst, Received(src, msg))
         return True
 
-    def run(self, max_steps: int = 200_000, seconds: float = 120.0, dt: float = 1.0) -> None:
-        """Deliver messages, advancing time and ticking, until quiet and in sync."""
+    def run(
+        self,
+        max_steps: int = 200_000,
+        seconds: float = 120.0,
+        dt: float = 1.0,
+        *,
+        until_converged: bool = True,
+    ) -> None:
+        """Deliver messages, advancing time and ticking, until quiet and in sync
+        (or, ``until_converged=False``, for the whole ``seconds``: timers such
+        as anti-entropy and tombstone collection keep running)."""
         end = self.now + seconds
         steps = 0
         while self.now < end and steps < max_steps:
@@ -180,7 +189,7 @@ class MeshNet:
                 steps += 1
                 if steps >= max_steps:
                     return
-            if self.converged():
+            if until_converged and self.converged():
                 return
             self.now += dt
             for a, b in sorted(self.wanted):

@@ -45,6 +45,20 @@ ops_st = st.lists(
     min_size=1,
     max_size=14,
 )
+# Few paths, and pauses long enough for tombstones to be collected (``wait``):
+# deletions, collections and re-creations of the same path interleave.
+gc_ops_st = st.lists(
+    st.builds(
+        Op,
+        node=st.integers(0, 2),
+        kind=st.sampled_from(["write", "delete", "rename", "wait"]),
+        path=st.sampled_from(["a.txt", "d/c.txt"]),
+        data=st.sampled_from(CONTENTS[:4]),
+        deliver=st.integers(0, 30),
+    ),
+    min_size=1,
+    max_size=14,
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,9 @@ def play(
             except LocalChanged:
                 pass  # a parent is a file on this node: the user could not do it either
 
+        if op.kind == "wait":  # time passes: anti-entropy, tombstone collection
+            net.run(seconds=60, until_converged=False)
+            continue
         before = {r.path: r.version for r in node.index.all()}
         act(node.disk)
         changed = node.disk.scan(node.index)
@@ -136,6 +153,22 @@ def test_random_operations_converge_without_loss(
     ops: list[Op], seed: int, loss: float, dup: float
 ) -> None:
     net, written, _, bases = play(ops, seed, loss, dup, {})
+    check(net, written, bases)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(gc_ops_st, st.integers(0, 10_000), st.sampled_from([0.0, 0.05]))
+def test_deletions_collected_and_paths_made_again_converge_without_loss(
+    ops: list[Op], seed: int, loss: float
+) -> None:
+    # A path deleted, its tombstone collected everywhere, then made again
+    # (by the deleter or another node): the new version must supersede the
+    # collected one, or the nodes that collected it ignore it for good.
+    net, written, _, bases = play(ops, seed, loss, 0.0, {})
     check(net, written, bases)
 
 
