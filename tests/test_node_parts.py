@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import stat
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,6 +99,34 @@ async def test_watcher_batches_changes_and_ignores_reads(tmp_path: Path) -> None
             nursery.cancel_scope.cancel()
     finally:
         await watcher.stop()
+
+
+async def test_watchdogs_notes_on_its_own_bookkeeping_do_not_reach_the_user(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    # watchdog's recursive watch warns (a multi-line RuntimeWarning on stderr)
+    # when a directory moved or made in a hurry is watched twice, or its watch
+    # is dropped twice. The node's watcher silences exactly those.
+    watcher = Watcher(tmp_path)
+    await watcher.start([])
+    try:
+        for note in (
+            "Callback with id '7' already exists for watch <w>. It will be Overwritten.",
+            "Callback with id '7' does not exist for watch <w> and therefore cannot be removed",
+        ):
+            warnings.warn_explicit(
+                note, RuntimeWarning, "inotify.py", 1, "watchdog.observers.inotify"
+            )
+        warnings.warn_explicit(
+            "something else", RuntimeWarning, "inotify.py", 1, "watchdog.observers.inotify"
+        )
+        warnings.warn_explicit("Callback with id '7' ...", RuntimeWarning, "x.py", 1, "elsewhere")
+    finally:
+        await watcher.stop()
+    assert sorted(str(w.message) for w in recwarn.list) == [
+        "Callback with id '7' ...",
+        "something else",
+    ]
 
 
 async def test_watcher_degrades_on_inotify_limit(

@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -202,6 +203,14 @@ class Watcher:
 
     async def start(self, directories: Iterable[str], hot: Iterable[str] = ()) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        # A directory made and filled quickly is watched twice by watchdog's
+        # recursive watch (from the walk of its parent, and from its own
+        # creation event); watchdog keeps the newer watch and says so in a
+        # multi-line RuntimeWarning on stderr. Nothing is wrong: not shown.
+        # (The filters are process-wide, and an identical one replaces itself.)
+        warnings.filterwarnings(
+            "ignore", message="Callback with id", category=RuntimeWarning, module=r"watchdog\."
+        )
         observer = Observer()
         try:
             await trio.to_thread.run_sync(observer.start)
