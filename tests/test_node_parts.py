@@ -16,6 +16,7 @@ from pathlib import Path
 import blake3
 import pytest
 import trio
+import trio.testing
 
 from syncron_p2p.config import Timing
 from syncron_p2p.errors import InternalError, UsageError
@@ -25,8 +26,11 @@ from syncron_p2p.node import runner as runner_module
 from syncron_p2p.node.discovery import Discovery, Found
 from syncron_p2p.node.disk import RealDisk
 from syncron_p2p.node.options import FolderLock, parse_hostport
+from syncron_p2p.node.peer import PeerConnection
 from syncron_p2p.node.runner import Node, NodeConfig
+from syncron_p2p.node.secure_stream import SecureStream
 from syncron_p2p.node.watcher import Watcher, plan_watches
+from syncron_p2p.protocol.codec import Decoder
 from syncron_p2p.protocol.messages import Records
 from syncron_p2p.sync.engine import Engine, PeerState
 
@@ -261,6 +265,56 @@ def _config(folder: Path, port: int = 0, peers: list[tuple[str, int]] | None = N
         timing=FAST,
         max_backoff=0.5,
     )
+
+
+async def test_two_channels_to_one_peer_registered_at_once_carry_one_hello_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both nodes dial at once: the first channel's PeerUp is still waiting for
+    # the engine when the second channel replaces it. Each PeerUp must greet
+    # on its own channel: a Hello sent on whichever channel is current when
+    # the engine gets round to it put two Hellos on the second one, and the
+    # peer dropped it ("second Hello").
+    ma, mb = _pair(tmp_path)
+    sent: list[tuple[int, str]] = []
+    push = PeerConnection.push
+
+    def recording(self: PeerConnection, data: bytes) -> None:
+        decoder = Decoder()
+        decoder.feed(data)
+        sent.append((id(self), type(decoder.next()).__name__))
+        push(self, data)
+
+    monkeypatch.setattr(PeerConnection, "push", recording)
+    x = Node(ma, _config(ma.folder))
+    # The second channel must win the tie-break: its dialler is the smaller id.
+    second_dialled_by_x = x.node_id < mb.node_id
+    async with trio.open_nursery() as nursery:
+        await nursery.start(x.run)
+        channels: list[tuple[SecureStream, bool]] = []
+        for x_dials in (not second_dialled_by_x, second_dialled_by_x):
+            here, there = trio.testing.memory_stream_pair()
+            ours = SecureStream.mesh(
+                here, initiator=x_dials, static=ma.static, mesh_secret=ma.secret
+            )
+            theirs = SecureStream.mesh(
+                there, initiator=not x_dials, static=mb.static, mesh_secret=mb.secret
+            )
+            async with trio.open_nursery() as shake:
+                shake.start_soon(ours.do_handshake)
+                shake.start_soon(theirs.do_handshake)
+            channels.append((ours, x_dials))
+        async with x.lock:  # both registrations queue behind the engine's lock
+            for i, (ours, x_dials) in enumerate(channels):
+                nursery.start_soon(x._connection, ours, f"127.0.0.1:{i + 1}", x_dials)
+                await trio.testing.wait_all_tasks_blocked()
+        await until(lambda: [kind for _, kind in sent].count("Hello") == 2, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        current = x.connections[mb.node_id]
+        hellos = [conn for conn, kind in sent if kind == "Hello"]
+        assert hellos.count(id(current)) == 1, sent  # and the other channel had its own
+        assert len(set(hellos)) == 2, sent
+        await x.stop()
 
 
 async def test_both_dial_at_once_one_connection_survives(tmp_path: Path) -> None:

@@ -262,24 +262,32 @@ class Node:
         one thread hop and one lock round instead of one per message.
         """
         async with self.lock:
-            if self._stopping:
-                events = [e for e in events if isinstance(e, PeerDown)]
-                if not events:
-                    return
-            now = trio.current_time()
-            try:
-                effects = await trio.to_thread.run_sync(self._handle_many, events, now)
-            except Exception as exc:  # a bug in the engine: not the peer's doing
-                self._engine_fault(exc)
-                effects = []
-            waits = self._execute(effects)
-            bulk = self._bulk_due(now)
-            if self.engine.has_more():
-                self._timers_wake.set()
-            self._progress.set()  # wake connections waiting for the queue to drain
-            self._progress = trio.Event()
-        if bulk != self._bulk:
+            waits = await self._feed_held(events)
+        await self._after_feed(waits, origin)
+
+    async def _feed_held(self, events: list[Input]) -> list[PeerConnection]:
+        """:meth:`feed_many`'s work, with the lock already held by the caller;
+        returns the connections whose queues are over their high-water mark."""
+        if self._stopping:
+            events = [e for e in events if isinstance(e, PeerDown)]
+            if not events:
+                return []
+        now = trio.current_time()
+        try:
+            effects = await trio.to_thread.run_sync(self._handle_many, events, now)
+        except Exception as exc:  # a bug in the engine: not the peer's doing
+            self._engine_fault(exc)
+            effects = []
+        waits = self._execute(effects)
+        if self._bulk_due(now) != self._bulk:
             self._bulk_event.set()
+        if self.engine.has_more():
+            self._timers_wake.set()
+        self._progress.set()  # wake connections waiting for the queue to drain
+        self._progress = trio.Event()
+        return waits
+
+    async def _after_feed(self, waits: list[PeerConnection], origin: str | None) -> None:
         for conn in waits:
             if conn.peer_id != origin:
                 await conn.wait_writable()
@@ -602,40 +610,51 @@ class Node:
         """Register an authenticated channel, run it, clean up after it."""
         key = secure.remote_static
         peer_id = node_id_of(key)
-        async with self.lock:
-            allowed = self.mesh.is_allowed(key) and not self._stopping
-            if allowed:
-                dialled = address if initiator else None
-                await trio.to_thread.run_sync(self.mesh.peers.accept, key, dialled)
-        if not allowed:
-            task_status.started(None)
-            await secure.aclose()
-            return
         conn = PeerConnection(
             secure,
             peer_id,
             address=address,
             initiator_id=self.node_id if initiator else peer_id,
         )
-        old = self.connections.get(peer_id)
-        if old is not None and not old.closing and not self._prefer_new(conn, old):
-            log.debug("duplicate connection to %s closed (keeping %s)", peer_id, old.address)
-            task_status.started(peer_id)
+        # Registering the channel and telling the engine (whose Hello goes out
+        # on whatever channel is registered when its effects run) happen under
+        # one hold of the lock, and so do unregistering and PeerDown: with two
+        # channels to one peer coming and going at once (both nodes dialled),
+        # one channel's PeerUp or PeerDown must not land on the other.
+        outcome = "refused"
+        waits: list[PeerConnection] = []
+        async with self.lock:
+            if self.mesh.is_allowed(key) and not self._stopping:
+                dialled = address if initiator else None
+                await trio.to_thread.run_sync(self.mesh.peers.accept, key, dialled)
+                old = self.connections.get(peer_id)
+                if old is not None and not old.closing and not self._prefer_new(conn, old):
+                    outcome = "duplicate"
+                else:
+                    if old is not None:
+                        log.debug("replacing connection to %s (%s)", peer_id, old.address)
+                        old.abort()
+                    self.connections[peer_id] = conn
+                    gone = self._gone[peer_id] = trio.Event()
+                    waits = await self._feed_held([PeerUp(peer_id)])
+                    outcome = "registered"
+        if outcome != "registered":
+            if outcome == "duplicate":
+                log.debug("duplicate connection to %s closed (keeping another)", peer_id)
+            task_status.started(peer_id if outcome == "duplicate" else None)
             await secure.aclose()
             return
-        if old is not None:
-            log.debug("replacing connection to %s (%s)", peer_id, old.address)
-            old.abort()
-        self.connections[peer_id] = conn
-        gone = self._gone[peer_id] = trio.Event()
-        await self.feed(PeerUp(peer_id))
+        await self._after_feed(waits, None)
         log.info("connected to %s at %s (%s)", peer_id, address, secure.cipher)
         task_status.started(peer_id)
         reason = await conn.run(self._on_message)
-        if self.connections.get(peer_id) is conn:
-            del self.connections[peer_id]
-            with trio.CancelScope(shield=True):
-                await self.feed(PeerDown(peer_id))
+        with trio.CancelScope(shield=True):
+            async with self.lock:
+                current = self.connections.get(peer_id) is conn
+                if current:
+                    del self.connections[peer_id]
+                    await self._feed_held([PeerDown(peer_id)])
+        if current:
             log.info("disconnected from %s: %s", peer_id, reason)
             self._rebrowse.set()
         gone.set()
