@@ -222,3 +222,25 @@ def test_receive_only_reverts_local_edits_on_request_without_losing_them() -> No
     kept = {v for p, v in mine.items() if CONFLICT_MARK in p}
     assert kept == {b"edited on the backup", b"added on the backup"}
     assert net.files(0) == {"a.txt": b"mesh a", "b.txt": b"mesh b"}
+
+
+def test_a_fetch_overtaken_by_a_newer_version_gives_way_at_once() -> None:
+    # node1 starts fetching big.bin; before node0 serves a block, node0
+    # deletes it. node0 answers that it has no such block, and its tombstone
+    # follows. The fetch cannot finish and its record is superseded: node1
+    # must take the deletion now, not after giving up on the fetch
+    # (request_timeout, 60 s), with its descents put off all that time.
+    net = MeshNet(2, seed=11, shuffle=False)
+    net.connect_all()
+    net.edit(0, lambda d: d.write("big.bin", big(12, 300_000)))
+    while "big.bin" not in net.node(1).engine.jobs:
+        assert net.step()
+    net.edit(0, lambda d: d.delete("big.bin"))
+    start = net.now
+    net.run(seconds=120)
+    assert net.converged()
+    assert net.now - start < net.timing.request_timeout / 2
+    assert "big.bin" not in net.files(1) and not net.node(1).engine.jobs
+    mine, theirs = net.node(1).index.get("big.bin"), net.node(0).index.get("big.bin")
+    assert mine is not None and theirs is not None and mine.deleted
+    assert mine.version == theirs.version

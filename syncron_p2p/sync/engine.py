@@ -687,9 +687,18 @@ class Engine:
                 job.sources.append(peer)
                 job.stalled_since = None
                 self._want(job)
-            if not job.target.version.dominates(rec.version):
+            if job.target.version.dominates(rec.version):
+                return
+            if not rec.version.dominates(job.target.version):
+                # Concurrent with what the job installs: resolve it once the
+                # job is done (the install may conflict with it).
                 self.retry[rec.path] = (self._now + self.timing.retry_delay, rec, peer)
-            return
+                return
+            # The job fetches a version this record supersedes: nothing of it
+            # is installed yet, and it may never finish (its sources moved
+            # on, and answer that they no longer have its blocks). Drop it and
+            # take this record now, rather than wait for the job to give up.
+            self._abandon(job)
         queued = self.queue.get(rec.path)
         if queued is not None:
             qrec, sources = queued
@@ -1464,12 +1473,18 @@ class Engine:
             if state.requests and all(now - t > timeout for t in state.requests.values()):
                 state.requests.clear()
                 state.descent = None
-        for path, job in list(self.jobs.items()):
+        for job in list(self.jobs.values()):
             if (
                 job.stalled_since is not None
                 and now - job.stalled_since > self.timing.request_timeout
             ):
-                del self.jobs[path]  # nobody can serve it now; anti-entropy will bring it back
+                self._abandon(job)  # nobody can serve it now; anti-entropy will bring it back
+
+    def _abandon(self, job: Job) -> None:
+        """Forget an unfinished ``job``: its replies still on their way are
+        ignored, and an install batch holding it skips it."""
+        del self.jobs[job.target.path]
+        self._wanting.pop(job.target.path, None)
 
     # ----------------------------------------------------- tombstone GC
 
