@@ -577,6 +577,44 @@ async def test_an_engine_that_keeps_failing_stops_the_node_with_a_clear_error(
         await a.stop()
 
 
+async def test_an_edit_made_while_a_restarted_node_scans_is_not_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The initial scan has passed notes.txt when the user edits it, before the
+    # node would serve: the watcher must already be on (a restart: the index
+    # knows the tree), or the edit waits for the next full scan (10 minutes).
+    ma, mb = _pair(tmp_path)
+    (ma.folder / "notes.txt").write_text("first")
+    a = Node(ma, _config(ma.folder))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert a.listen_address is not None
+        port = a.listen_address[1]
+        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", port)]))
+        await nursery.start(b.run)
+        await until((mb.folder / "notes.txt").exists, 20)  # b asks for nothing later
+        await a.stop()
+        await b.stop()
+    initial_scan = Node._initial_scan
+
+    async def scan_then_edit(self: Node) -> None:
+        await initial_scan(self)
+        (self.folder / "notes.txt").write_text("edited while the node started")
+        await trio.sleep(0.5)  # (the edit's event, if anything watches)
+
+    monkeypatch.setattr(Node, "_initial_scan", scan_then_edit)
+    a = Node(Mesh.load(ma.folder), _config(ma.folder, port))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        monkeypatch.setattr(Node, "_initial_scan", initial_scan)
+        b = Node(Mesh.load(mb.folder), _config(mb.folder, peers=[("127.0.0.1", port)]))
+        await nursery.start(b.run)
+        edited = mb.folder / "notes.txt"
+        await until(lambda: edited.exists() and "edited" in edited.read_text(), 20)
+        await a.stop()
+        await b.stop()
+
+
 async def test_a_file_made_again_after_its_tombstone_was_collected_reaches_the_peer(
     tmp_path: Path,
 ) -> None:

@@ -234,6 +234,9 @@ class Node:
                 if summary["changed"]:
                     log.info("%d local change(s) found", summary["changed"])
                 self.conflicts = await trio.to_thread.run_sync(count_conflicts, self.index)
+                if self.watcher is not None and self.watcher.active:  # (planned before the scan)
+                    dirs = await trio.to_thread.run_sync(self._directories)
+                    await self.watcher.rewatch(dirs, self._hot_order())
                 return
             log.debug("initial scan process failed (%s); scanning here", done.returncode)
         await self.scan(None, initial=True)
@@ -929,6 +932,15 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.control_path = await nursery.start(control.serve, self.folder, self._control)
+            # Watch before the initial scan when the index knows the tree (a
+            # restart): an edit made while the scan runs, in a directory it has
+            # passed, is then rescanned right after it instead of waiting for
+            # the next full scan (ten minutes). On a first run the tree's size
+            # is unknown until scanned, and a recursive watch of a tree bigger
+            # than the budget could exhaust the system's inotify watches.
+            watch_first = self.config.watch and len(self.index.merkle) > 0
+            if watch_first:
+                await self._start_watcher(nursery)
             await self._initial_scan()
             nursery.start_soon(trio.serve_listeners, self._inbound, listeners)
             nursery.start_soon(self._timers)
@@ -936,7 +948,7 @@ class Node:
             nursery.start_soon(self._periodic_scans)
             if self.config.progress:
                 nursery.start_soon(self._transfer_progress)
-            if self.config.watch:
+            if self.config.watch and not watch_first:
                 await self._start_watcher(nursery)
             if self.config.mdns:
                 await self._start_discovery(nursery)
