@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,19 @@ def test_demo_runs_three_nodes_and_a_conflict() -> None:
     assert "carol: has hello.txt" in out.stdout
     assert "both versions kept" in out.stdout
     assert "demo passed" in out.stdout
+
+
+def test_watchdogs_shutdown_race_is_not_shown_but_its_real_errors_are() -> None:
+    # The node's logging as the CLI sets it up, in a process of its own.
+    script = (
+        "import logging\n"
+        "from syncron_p2p.node.logs import setup_logging\n"
+        "setup_logging()\n"
+        "log = logging.getLogger('watchdog.observers.inotify')\n"
+        "log.error('InotifyEmitter.queue_events() called when the thread is inactive')\n"
+        "log.error('a real failure')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert "a real failure" in done.stderr
+    assert "inactive" not in done.stderr

@@ -40,6 +40,17 @@ def setup_logging(*, verbose: int = 0, as_json: bool = False) -> None:
     root.propagate = False
     # watchdog warns about its own shutdown races; nothing a user can act on
     logging.getLogger("watchdog").setLevel(logging.ERROR)
+    inotify = logging.getLogger("watchdog.observers.inotify")
+    if not any(isinstance(f, _ShutdownRace) for f in inotify.filters):
+        inotify.addFilter(_ShutdownRace())
     if verbose > 1:
         logging.getLogger("zeroconf").setLevel(logging.DEBUG)
         logging.getLogger("zeroconf").addHandler(handler)
+
+
+class _ShutdownRace(logging.Filter):
+    """Drops the error watchdog logs when an event arrives as its observer
+    stops (the node stopping): a race inside watchdog, not a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
