@@ -624,7 +624,7 @@ class Node:
         # one hold of the lock, and so do unregistering and PeerDown: with two
         # channels to one peer coming and going at once (both nodes dialled),
         # one channel's PeerUp or PeerDown must not land on the other.
-        outcome = "refused"
+        outcome, kept = "refused", ""
         waits: list[PeerConnection] = []
         async with self.lock:
             if self.mesh.is_allowed(key) and not self._stopping:
@@ -633,6 +633,7 @@ class Node:
                 old = self.connections.get(peer_id)
                 if old is not None and not old.closing and not self._prefer_new(conn, old):
                     outcome = "duplicate"
+                    kept = old.address
                 else:
                     if old is not None:
                         log.debug("replacing connection to %s (%s)", peer_id, old.address)
@@ -643,7 +644,7 @@ class Node:
                     outcome = "registered"
         if outcome != "registered":
             if outcome == "duplicate":
-                log.debug("duplicate connection to %s closed (keeping another)", peer_id)
+                log.debug("duplicate connection to %s closed (keeping %s)", peer_id, kept)
             task_status.started(peer_id if outcome == "duplicate" else None)
             await secure.aclose()
             return

@@ -699,6 +699,10 @@ class Engine:
             # on, and answer that they no longer have its blocks). Drop it and
             # take this record now, rather than wait for the job to give up.
             self._abandon(job)
+            if job.remote.path != rec.path:
+                # A conflict copy's job: the record it resolved is resolved
+                # again (the winner it would have stored is not stored).
+                self.retry[job.remote.path] = (self._now, job.remote, job.origin_peer)
         queued = self.queue.get(rec.path)
         if queued is not None:
             qrec, sources = queued
