@@ -121,6 +121,28 @@ def test_real_disk_knows_its_own_writes_from_later_edits(tmp_path: Path) -> None
     assert not disk.is_own(target)
 
 
+def test_real_disk_does_not_take_a_users_return_to_its_state_for_its_own(
+    tmp_path: Path,
+) -> None:
+    # We remove a file; the user makes one there and deletes it again: the
+    # path is back to what our removal left, but that deletion is the user's.
+    disk = RealDisk(tmp_path)
+    (tmp_path / "a.txt").write_text("old")
+    target = str(tmp_path / "a.txt")
+    disk.remove("a.txt", disk.observe("a.txt"))
+    assert disk.is_own(target)  # the echo of our removal
+    (tmp_path / "a.txt").write_text("the user's")
+    assert not disk.is_own(target)
+    os.unlink(target)
+    assert not disk.is_own(target)
+    # And once a scan recorded a change there, our note is gone even if no
+    # event looked at the path in between.
+    (tmp_path / "b.txt").write_text("old")
+    disk.remove("b.txt", disk.observe("b.txt"))
+    disk.forget_own(["b.txt"])
+    assert not disk.is_own(str(tmp_path / "b.txt"))
+
+
 def test_real_disk_forgets_old_notes_of_its_own_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -615,6 +615,34 @@ async def test_an_edit_made_while_a_restarted_node_scans_is_not_missed(
         await b.stop()
 
 
+async def test_a_file_the_user_makes_and_deletes_where_the_node_deleted_one_is_seen_deleted(
+    tmp_path: Path,
+) -> None:
+    # b removes notes.txt for a; the user then makes a new notes.txt on b
+    # (which travels) and deletes it again. Gone is also what b's own removal
+    # left there: that deletion must not pass for the echo of b's own write.
+    ma, mb = _pair(tmp_path)
+    (ma.folder / "d").mkdir()
+    (ma.folder / "d" / "notes.txt").write_text("first")
+    a = Node(ma, _config(ma.folder))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert a.listen_address is not None
+        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
+        await nursery.start(b.run)
+        theirs, mine = ma.folder / "d" / "notes.txt", mb.folder / "d" / "notes.txt"
+        await until(mine.exists, 20)
+        theirs.unlink()
+        await until(lambda: not mine.exists(), 20)  # b's own removal
+        mine.write_text("made again on b")
+        await until(lambda: theirs.exists() and theirs.read_text() == "made again on b", 20)
+        mine.unlink()
+        await until(lambda: not theirs.exists(), 20)
+        await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 20)
+        await a.stop()
+        await b.stop()
+
+
 async def test_a_file_made_again_after_its_tombstone_was_collected_reaches_the_peer(
     tmp_path: Path,
 ) -> None:

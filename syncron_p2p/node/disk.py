@@ -24,7 +24,7 @@ import stat
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -371,15 +371,28 @@ class RealDisk:
             if time.monotonic() - began > PENDING_WAIT:
                 break
             time.sleep(0.001)
-        try:
-            expected, _ = self._own[p]
-        except KeyError:
+        note = self._own.get(p)
+        if note is None:
             return False
+        expected = note[0]
         try:
-            st = os.lstat(p)
+            now = _observation(p, os.lstat(p))
         except OSError:
-            return expected is None
-        return expected is not None and _matches(_observation(p, st), expected)
+            now = None
+        if _matches(now, expected):
+            return True
+        # Someone else changed the path after us: the note describes nothing
+        # any more. Kept, it would pass a later return to what we left
+        # (a file the user makes and deletes where we removed one) for our own.
+        if self._own.get(p) is note:
+            self._own.pop(p, None)
+        return False
+
+    def forget_own(self, paths: Iterable[str]) -> None:
+        """A scan recorded local changes at ``paths`` (relative): what our own
+        writes left there is history, and no later event there is ours."""
+        for path in paths:
+            self._own.pop(f"{self._root}/{path}", None)
 
     def _place(self, path: str, p: str, create: Callable[[], None]) -> None:
         """Run ``create`` (which makes ``path``, at ``p``), making missing parents if needed."""

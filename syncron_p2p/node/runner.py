@@ -393,6 +393,8 @@ class Node:
     ) -> tuple[ScanResult, list[tuple[Effect, bytes | None]], list[str] | None, int | None]:
         # targeted rescans (watcher events, Rescan effects) are per directory
         result = scanner.scan(directories, recursive=directories is None or recursive)
+        if result.changed:
+            self.real_disk.forget_own(rec.path for rec in result.changed)
         effects = self._handle(LocalChanges(tuple(result.changed)), now) if result.changed else []
         dirs: list[str] | None = None
         conflicts: int | None = None
