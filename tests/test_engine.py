@@ -244,3 +244,21 @@ def test_a_fetch_overtaken_by_a_newer_version_gives_way_at_once() -> None:
     mine, theirs = net.node(1).index.get("big.bin"), net.node(0).index.get("big.bin")
     assert mine is not None and theirs is not None and mine.deleted
     assert mine.version == theirs.version
+
+
+def test_a_half_fetched_file_overtaken_by_a_newer_version_leaves_no_temp() -> None:
+    # As above, with some blocks already in the temp when the deletion comes:
+    # the temp's content is history, and would otherwise stay on disk.
+    net = MeshNet(2, seed=11, shuffle=False)
+    net.connect_all()
+    net.edit(0, lambda d: d.write("big.bin", big(13, 3_000_000)))
+    fetching = net.node(1).engine
+    while not (fetching.stats["blocks_remote"] and "big.bin" in fetching.jobs):
+        assert net.step()
+    assert net.node(1).disk.temps  # part of it is there
+    # The rest of node0's answers are lost on the way; it deletes the file.
+    net.queue = [q for q in net.queue if q[:2] != ("node0", "node1")]
+    net.edit(0, lambda d: d.delete("big.bin"))
+    net.run(seconds=120)
+    assert net.converged() and "big.bin" not in net.files(1)
+    assert not net.node(1).disk.temps

@@ -699,6 +699,11 @@ class Engine:
             # on, and answer that they no longer have its blocks). Drop it and
             # take this record now, rather than wait for the job to give up.
             self._abandon(job)
+            if job.target.type == EntryType.FILE and all(
+                j.key != job.key for j in self.jobs.values()
+            ):
+                with contextlib.suppress(DiskFailure):
+                    self.disk.temp_discard(job.key)  # (its content is history)
             if job.remote.path != rec.path:
                 # A conflict copy's job: the record it resolved is resolved
                 # again (the winner it would have stored is not stored).
