@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,23 @@ def test_real_disk_does_not_take_a_users_return_to_its_state_for_its_own(
     disk.remove("b.txt", disk.observe("b.txt"))
     disk.forget_own(["b.txt"])
     assert not disk.is_own(str(tmp_path / "b.txt"))
+
+
+def test_real_disk_sweeps_only_temps_unused_and_untouched_for_a_week(tmp_path: Path) -> None:
+    disk = RealDisk(tmp_path)
+    week = 7 * 24 * 3600
+    keys = {name: blake3.blake3(name.encode()).hexdigest() for name in ("old", "fresh", "busy")}
+    for key in keys.values():
+        disk.temp_write(key, 0, b"part of a download")
+    stale = time.time() - week - 60
+    for name in ("old", "busy"):
+        os.utime(disk.tmp / f"{keys[name]}.part", (stale, stale))
+    stray = disk.tmp / "notes.txt"  # not a temp of ours: never touched
+    stray.write_text("x")
+    os.utime(stray, (stale, stale))
+    assert disk.sweep_temps({keys["busy"]}) == 1
+    left = sorted(p.name for p in disk.tmp.iterdir())
+    assert left == sorted([f"{keys['fresh']}.part", f"{keys['busy']}.part", "notes.txt"])
 
 
 def test_real_disk_forgets_old_notes_of_its_own_writes(

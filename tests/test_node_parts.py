@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -641,6 +642,22 @@ async def test_a_file_the_user_makes_and_deletes_where_the_node_deleted_one_is_s
         await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 20)
         await a.stop()
         await b.stop()
+
+
+async def test_a_download_abandoned_a_week_ago_is_swept_by_the_scan(tmp_path: Path) -> None:
+    ma, _ = _pair(tmp_path)
+    tmp = ma.folder / ".syncron" / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    old, recent = tmp / f"{'a' * 64}.part", tmp / f"{'b' * 64}.part"
+    for temp in (old, recent):
+        temp.write_bytes(b"half a file")
+    stale = time.time() - 8 * 24 * 3600
+    os.utime(old, (stale, stale))
+    a = Node(ma, _config(ma.folder))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert not old.exists() and recent.exists()  # the initial scan swept
+        await a.stop()
 
 
 async def test_a_file_made_again_after_its_tombstone_was_collected_reaches_the_peer(

@@ -24,7 +24,7 @@ import stat
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,9 @@ _TEMP_KEY = re.compile(r"[0-9a-f]{1,128}")
 OWN_WRITES = 65536  # own writes remembered for the watcher (oldest forgotten first) ...
 OWN_TTL = 30.0  # ... and for at most this many seconds
 PENDING_WAIT = 0.25  # seconds an event waits for a change in progress to be noted
+# A temp nobody has written for this long is dropped (Node: at each full scan).
+# Until then an interrupted transfer resumes from it, after a restart too.
+TEMP_MAX_AGE = 7 * 24 * 3600.0
 
 
 class RealDisk:
@@ -193,6 +196,33 @@ class RealDisk:
         self._written.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp(key))
+
+    def sweep_temps(self, in_use: Collection[str], max_age: float = TEMP_MAX_AGE) -> int:
+        """Remove temps not in ``in_use`` that nobody wrote for ``max_age``
+        seconds (a fetch abandoned, a version superseded while it came);
+        how many. Anything else in the temp directory is left alone."""
+        cutoff = time.time() - max_age  # (file ages: the local clock is all there is)
+        removed = 0
+        try:
+            entries = list(os.scandir(self.tmp))
+        except OSError:
+            return 0
+        for entry in entries:
+            key, dot, ext = entry.name.partition(".")
+            if ext != "part" or not dot or not _TEMP_KEY.fullmatch(key) or key in in_use:
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            self._synced.discard(key)
+            self._written.pop(key, None)
+            removed += 1
+        return removed
 
     # ---------------------------------------------------------- installs
 

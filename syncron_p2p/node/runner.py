@@ -237,6 +237,7 @@ class Node:
                 if self.watcher is not None and self.watcher.active:  # (planned before the scan)
                     dirs = await trio.to_thread.run_sync(self._directories)
                     await self.watcher.rewatch(dirs, self._hot_order())
+                await self._sweep_temps()
                 return
             log.debug("initial scan process failed (%s); scanning here", done.returncode)
         await self.scan(None, initial=True)
@@ -450,7 +451,17 @@ class Node:
             self.conflicts = conflicts
         if dirs is not None and self.watcher is not None and self.watcher.active:
             await self.watcher.rewatch(dirs, self._hot_order())
+        if directories is None:
+            await self._sweep_temps()
         return len(result.changed)
+
+    async def _sweep_temps(self) -> None:
+        """Drop temps no job uses that nobody wrote for a week (RealDisk.sweep_temps)."""
+        async with self.lock:
+            in_use = {job.key for job in self.engine.jobs.values()}
+            removed = await trio.to_thread.run_sync(self.real_disk.sweep_temps, in_use)
+        if removed:
+            log.info("removed %d unfinished download(s) untouched for a week", removed)
 
     async def _scan_in_steps(self) -> int:
         """A full scan in steps of about SCAN_STEP records, the lock released between.
@@ -476,6 +487,7 @@ class Node:
             )
         if self.watcher is not None and self.watcher.active:
             await self.watcher.rewatch(dirs, self._hot_order())
+        await self._sweep_temps()
         return changed
 
     def _hot_order(self) -> list[str]:
