@@ -17,7 +17,7 @@ from syncron_p2p.index.blocks import FileDigest, hash_file
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.forgotten import ANY_FORGOTTEN, ENGINE_NS, FORGOTTEN_NS, encode_vector
 from syncron_p2p.index.merkle import MerkleTree
-from syncron_p2p.index.records import EntryType, entry_digest
+from syncron_p2p.index.records import EntryType, entry_digest, tombstone
 from syncron_p2p.index.scanner import Scanner
 from syncron_p2p.index.versions import Order, VersionVector
 
@@ -684,3 +684,21 @@ def test_a_new_entry_where_a_tombstone_was_collected_supersedes_it(folder: Path)
             assert rec is not None and not rec.deleted, path
             assert rec.version.compare(collected[path]) == Order.AFTER, path
             assert rec.origin == index.actor
+
+
+def test_live_records_left_below_a_directory_recorded_gone_are_tombstoned(folder: Path) -> None:
+    # The engine removed d2 for a peer (and stored its tombstone) after the
+    # user had deleted d2/w.txt, whose removal it therefore refused: the index
+    # holds d2 gone but d2/w.txt live. A rescan (of d2, resolved to the root,
+    # d2 being gone) must record d2/w.txt gone too.
+    (folder / "d2").mkdir()
+    (folder / "d2" / "w.txt").write_text("x")
+    index = Index.memory(NODE)
+    scan(folder, index)
+    shutil.rmtree(folder / "d2")
+    d2 = index.get("d2")
+    assert d2 is not None
+    index.put([tombstone(d2, index.actor)])
+    Scanner(folder, index).scan(["d2"], recursive=False)
+    w = index.get("d2/w.txt")
+    assert w is not None and w.deleted

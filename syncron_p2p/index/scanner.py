@@ -554,10 +554,18 @@ class Scanner:
             else:
                 self._error(rel, f"special file ({_kind(mode)}) skipped")
         for rel, k in known.items():
-            if rel not in present and not k[1]:
+            if rel in present:
+                continue
+            if not k[1]:
                 gone = self.index.get(rel)
                 if gone is not None:
                     self._vanished(gone)
+            elif k[0] == EntryType.DIRECTORY:
+                # A directory already recorded gone must not keep live records
+                # below it: a child whose removal for a peer was refused (the
+                # user had just deleted it) while the emptied directory went.
+                # Left live, the node retried that removal forever.
+                self._subtree_gone(rel)
         self._seen += seen
         result.files += files
         result.symlinks += symlinks
