@@ -22,6 +22,7 @@ import os
 import re
 import stat
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -73,6 +74,7 @@ class RealDisk:
         # (An OrderedDict: the oldest note is dropped in O(1); a dict's first
         # key is found by skipping every slot freed before it.)
         self._own: OrderedDict[str, tuple[Observation | None, float]] = OrderedDict()
+        self._own_lock = threading.Lock()
         self._pending: dict[str, float] = {}  # path -> when we began changing it
 
     # ------------------------------------------------------------ helpers
@@ -376,15 +378,16 @@ class RealDisk:
     def _mine(self, p: str, obs: Observation | None) -> None:
         now = time.monotonic()
         own = self._own
-        own[p] = (obs, now)
-        own.move_to_end(p)
-        # Events come within milliseconds of the write: forget old notes, so a
-        # bulk transfer does not leave one per file behind (memory).
-        while own:
-            oldest = next(iter(own))
-            if len(own) <= OWN_WRITES and now - own[oldest][1] <= OWN_TTL:
-                break
-            del own[oldest]
+        with self._own_lock:  # (the watcher's thread drops notes too)
+            own[p] = (obs, now)
+            own.move_to_end(p)
+            # Events come within milliseconds of the write: forget old notes, so
+            # a bulk transfer does not leave one per file behind (memory).
+            while own:
+                oldest = next(iter(own))
+                if len(own) <= OWN_WRITES and now - own[oldest][1] <= OWN_TTL:
+                    break
+                del own[oldest]
         self._pending.pop(p, None)
 
     def is_own(self, p: str) -> bool:
@@ -414,15 +417,17 @@ class RealDisk:
         # Someone else changed the path after us: the note describes nothing
         # any more. Kept, it would pass a later return to what we left
         # (a file the user makes and deletes where we removed one) for our own.
-        if self._own.get(p) is note:
-            self._own.pop(p, None)
+        with self._own_lock:
+            if self._own.get(p) is note:
+                del self._own[p]
         return False
 
     def forget_own(self, paths: Iterable[str]) -> None:
         """A scan recorded local changes at ``paths`` (relative): what our own
         writes left there is history, and no later event there is ours."""
-        for path in paths:
-            self._own.pop(f"{self._root}/{path}", None)
+        with self._own_lock:
+            for path in paths:
+                self._own.pop(f"{self._root}/{path}", None)
 
     def _place(self, path: str, p: str, create: Callable[[], None]) -> None:
         """Run ``create`` (which makes ``path``, at ``p``), making missing parents if needed."""
