@@ -268,6 +268,16 @@ def _config(folder: Path, port: int = 0, peers: list[tuple[str, int]] | None = N
     )
 
 
+async def _start_pair(nursery: trio.Nursery, ma: Mesh, mb: Mesh) -> tuple[Node, Node]:
+    """Node a, then node b dialling a; both serving."""
+    a = Node(ma, _config(ma.folder))
+    await nursery.start(a.run)
+    assert a.listen_address is not None
+    b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
+    await nursery.start(b.run)
+    return a, b
+
+
 async def test_two_channels_to_one_peer_registered_at_once_carry_one_hello_each(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -586,13 +596,10 @@ async def test_an_edit_made_while_a_restarted_node_scans_is_not_missed(
     # knows the tree), or the edit waits for the next full scan (10 minutes).
     ma, mb = _pair(tmp_path)
     (ma.folder / "notes.txt").write_text("first")
-    a = Node(ma, _config(ma.folder))
     async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
+        a, b = await _start_pair(nursery, ma, mb)
         assert a.listen_address is not None
         port = a.listen_address[1]
-        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", port)]))
-        await nursery.start(b.run)
         await until((mb.folder / "notes.txt").exists, 20)  # b asks for nothing later
         await a.stop()
         await b.stop()
@@ -625,12 +632,8 @@ async def test_a_file_the_user_makes_and_deletes_where_the_node_deleted_one_is_s
     ma, mb = _pair(tmp_path)
     (ma.folder / "d").mkdir()
     (ma.folder / "d" / "notes.txt").write_text("first")
-    a = Node(ma, _config(ma.folder))
     async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
-        assert a.listen_address is not None
-        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
-        await nursery.start(b.run)
+        a, b = await _start_pair(nursery, ma, mb)
         theirs, mine = ma.folder / "d" / "notes.txt", mb.folder / "d" / "notes.txt"
         await until(mine.exists, 20)
         theirs.unlink()
@@ -667,12 +670,8 @@ async def test_a_file_made_again_after_its_tombstone_was_collected_reaches_the_p
     # deletion, a new file of the same name (made by the deleter, whose own
     # counter is past the new file's first) must still travel.
     ma, mb = _pair(tmp_path)
-    a = Node(ma, _config(ma.folder))
     async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
-        assert a.listen_address is not None
-        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
-        await nursery.start(b.run)
+        a, b = await _start_pair(nursery, ma, mb)
         (ma.folder / "notes.txt").write_text("the first notes")
         await until((mb.folder / "notes.txt").exists, 20)
         (ma.folder / "notes.txt").unlink()
