@@ -663,6 +663,26 @@ async def test_a_download_abandoned_a_week_ago_is_swept_by_the_scan(tmp_path: Pa
         await a.stop()
 
 
+async def test_identical_files_at_several_paths_all_arrive_intact(tmp_path: Path) -> None:
+    # Copies of one content (a file and its backups): they were assembled in
+    # one temp (named by the content hash); the first install moved it away
+    # and every other copy was installed as zeros, recorded as intact.
+    ma, mb = _pair(tmp_path)
+    contents = [os.urandom(size) for size in (13, 3000, 300_000, 2_000_000)]
+    for d in ("x", "y", "z"):
+        (ma.folder / d).mkdir()
+        for i, data in enumerate(contents):
+            (ma.folder / d / f"f{i}.bin").write_bytes(data)
+    async with trio.open_nursery() as nursery:
+        a, b = await _start_pair(nursery, ma, mb)
+        await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 30)
+        for d in ("x", "y", "z"):
+            for i, data in enumerate(contents):
+                assert (mb.folder / d / f"f{i}.bin").read_bytes() == data, f"{d}/f{i}.bin"
+        await a.stop()
+        await b.stop()
+
+
 async def test_a_file_made_again_after_its_tombstone_was_collected_reaches_the_peer(
     tmp_path: Path,
 ) -> None:

@@ -250,6 +250,13 @@ class Engine:
         self._next_heartbeat: float | None = None
         self._out: list[Effect] = []
         self._wanting: dict[str, None] = {}  # paths of jobs with blocks to request
+        # Jobs of the same content share its temp (the key is the content
+        # hash): one at a time. temp key -> path of the job assembling it, and
+        # the jobs waiting for that one (prepared once it is done: they then
+        # copy the content from the file it installed).
+        self._key_owner: dict[str, str] = {}
+        self._key_waiting: dict[str, list[tuple[Job, Record | None, tuple[bytes, bytes] | None]]]
+        self._key_waiting = {}
         self._ready: list[Job] = []  # all blocks at hand: installed together (_install_due)
         self._ready_since = 0.0  # when the oldest of them became ready
         self._outbox: list[tuple[Record, str]] = []  # (stored record, peer not to tell)
@@ -797,6 +804,8 @@ class Engine:
     def _pump(self) -> None:
         """Install what is complete, start queued work, request blocks, run deletions."""
         while True:
+            if self._key_waiting:
+                self._release_waiting()
             # Records whose content came inline first, job slots or not: they
             # complete at once, and waiting behind block transfers would only
             # keep their content in memory (or drop it, to be sent again).
@@ -916,10 +925,38 @@ class Engine:
                 )
         self._prepare(job, local, held)
 
+    def _key_busy(self, key: str) -> bool:
+        """Is a job assembling content ``key`` (in its temp) now?"""
+        path = self._key_owner.get(key)
+        if path is None:
+            return False
+        owner = self.jobs.get(path)
+        if owner is not None and owner.key == key:
+            return True
+        del self._key_owner[key]
+        return False
+
+    def _release_waiting(self) -> None:
+        """Prepare the jobs whose content's temp is free again."""
+        for key in list(self._key_waiting):
+            if self._key_busy(key):
+                continue
+            for job, local, held in self._key_waiting.pop(key):
+                if job.target.path not in self.jobs:  # (nothing took its path meanwhile)
+                    self._prepare(job, local, held)  # the first one owns the temp again
+
     def _prepare(
         self, job: Job, local: Record | None, held: tuple[bytes, bytes] | None = None
     ) -> None:
         target = job.target
+        if target.type == EntryType.FILE and not target.deleted and target.size:
+            # The same content at two paths at once (copies, a file and its
+            # backup) would be assembled in one temp: the first install moves
+            # it away and the second found nothing (and installed zeros).
+            if self._key_busy(job.key):
+                self._key_waiting.setdefault(job.key, []).append((job, local, held))
+                return
+            self._key_owner[job.key] = target.path
         if target.type == EntryType.FILE and not target.deleted:
             # Optional Disk hook (sealed_disk.py): which record a temp assembles.
             will_install = getattr(self.disk, "will_install", None)
