@@ -23,6 +23,7 @@ from syncron_p2p.protocol.messages import (
     Root,
 )
 from syncron_p2p.sync import engine as engine_module
+from syncron_p2p.sync.disk import DiskFailure
 from syncron_p2p.sync.effects import Effect, Received, Send, Tick
 from syncron_p2p.sync.engine import MAX_ACTIVE_JOBS
 
@@ -159,6 +160,19 @@ def test_real_disk_sweeps_only_temps_unused_and_untouched_for_a_week(tmp_path: P
     assert disk.sweep_temps({keys["busy"]}) == 1
     left = sorted(p.name for p in disk.tmp.iterdir())
     assert left == sorted([f"{keys['fresh']}.part", f"{keys['busy']}.part", "notes.txt"])
+
+
+def test_real_disk_never_installs_a_temp_that_is_gone_or_short(tmp_path: Path) -> None:
+    disk = RealDisk(tmp_path)
+    key = blake3.blake3(b"full content").hexdigest()
+    with pytest.raises(DiskFailure, match="gone"):
+        disk.install_file("a.txt", key, 12, 0o644, None)
+    disk.temp_write(key, 4, b" content")  # a gap: the first block is missing
+    disk.temp_discard(key)
+    disk.temp_write(key, 0, b"full")
+    with pytest.raises(DiskFailure, match="holds 4 bytes, not 12"):
+        disk.install_file("a.txt", key, 12, 0o644, None)
+    assert not (tmp_path / "a.txt").exists()
 
 
 def test_real_disk_forgets_old_notes_of_its_own_writes(
@@ -489,8 +503,6 @@ def test_a_disk_that_fails_writes_costs_no_crash_and_is_retried(
 ) -> None:
     # A full disk: writing fetched content fails for a while. The receiver
     # drops those files (noting why), keeps running, and fetches them again.
-    from syncron_p2p.sync.disk import DiskFailure
-
     if not inline:
         monkeypatch.setattr(engine_module, "INLINE_MAX", 0)  # content as blocks
     net = MeshNet(2, seed=8)
@@ -528,8 +540,6 @@ def test_a_disk_that_fails_to_flush_costs_no_crash_and_is_retried(
     # The flush before the renames (or after them) fails for a while - an I/O
     # error on a dying disk, a full one. The receiver keeps running, says
     # why, stores nothing it could not make durable, and gets there later.
-    from syncron_p2p.sync.disk import DiskFailure
-
     net = MeshNet(2, seed=9)
     _fill(net, 60)
     receiver = net.node(1)

@@ -272,13 +272,21 @@ class RealDisk:
         return self._observed(path, target)
 
     def _prepare_temp(self, key: str, temp: str, size: int, mode: int) -> None:
-        """Give temp ``key`` its final size and mode, and make it durable."""
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
+        """Give temp ``key`` its mode and make it durable; refuse one that is
+        not ``size`` bytes long (never pad it: padding installed zeros, and
+        recorded them as the file's content, when the temp had gone)."""
+        try:
+            fd = os.open(temp, os.O_RDWR | _O_NOFOLLOW)
+        except FileNotFoundError:
+            if size:
+                raise DiskFailure(f"temp {key[:16]} is gone; fetching again") from None
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)  # (empty)
         try:
             st = os.fstat(fd)
             if st.st_size != size:
-                os.ftruncate(fd, size)
-                self._synced.discard(key)
+                raise DiskFailure(
+                    f"temp {key[:16]} holds {st.st_size} bytes, not {size}; fetching again"
+                )
             if stat.S_IMODE(st.st_mode) != mode & 0o777:
                 os.fchmod(fd, mode & 0o777)
             if key not in self._synced:
