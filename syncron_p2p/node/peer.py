@@ -276,8 +276,13 @@ async def handshake(
         log.debug("handshake failed: %s", exc.__class__.__name__)
     except OSError as exc:
         log.debug("handshake failed: %s", exc)
-    if not ok:
-        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-            await secure.aclose()
-        return None
-    return secure
+    finally:
+        if not ok:  # (cancelled too: the node stopping must not leak the socket)
+            await close_quietly(secure)
+    return secure if ok else None
+
+
+async def close_quietly(stream: trio.abc.AsyncResource) -> None:
+    """Close ``stream`` even while being cancelled, giving up after a second."""
+    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+        await stream.aclose()

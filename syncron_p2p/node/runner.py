@@ -56,7 +56,7 @@ from syncron_p2p.mesh import Mesh
 from syncron_p2p.node import control
 from syncron_p2p.node.discovery import Discovery, Event, Found, Gone
 from syncron_p2p.node.disk import RealDisk
-from syncron_p2p.node.peer import PeerConnection, handshake
+from syncron_p2p.node.peer import PeerConnection, close_quietly, handshake
 from syncron_p2p.node.scanproc import spinner
 from syncron_p2p.node.secure_stream import SecureStream
 from syncron_p2p.node.watcher import Watcher
@@ -640,27 +640,33 @@ class Node:
         # one channel's PeerUp or PeerDown must not land on the other.
         outcome, kept = "refused", ""
         waits: list[PeerConnection] = []
-        async with self.lock:
-            if self.mesh.is_allowed(key) and not self._stopping:
-                dialled = address if initiator else None
-                await trio.to_thread.run_sync(self.mesh.peers.accept, key, dialled)
-                old = self.connections.get(peer_id)
-                if old is not None and not old.closing and not self._prefer_new(conn, old):
-                    outcome = "duplicate"
-                    kept = old.address
-                else:
-                    if old is not None:
-                        log.debug("replacing connection to %s (%s)", peer_id, old.address)
-                        old.abort()
-                    self.connections[peer_id] = conn
-                    gone = self._gone[peer_id] = trio.Event()
-                    waits = await self._feed_held([PeerUp(peer_id)])
-                    outcome = "registered"
+        try:
+            async with self.lock:
+                if self.mesh.is_allowed(key) and not self._stopping:
+                    dialled = address if initiator else None
+                    await trio.to_thread.run_sync(self.mesh.peers.accept, key, dialled)
+                    old = self.connections.get(peer_id)
+                    if old is not None and not old.closing and not self._prefer_new(conn, old):
+                        outcome = "duplicate"
+                        kept = old.address
+                    else:
+                        if old is not None:
+                            log.debug("replacing connection to %s (%s)", peer_id, old.address)
+                            old.abort()
+                        self.connections[peer_id] = conn
+                        gone = self._gone[peer_id] = trio.Event()
+                        outcome = "registered"
+                        waits = await self._feed_held([PeerUp(peer_id)])
+        except BaseException:  # (the node stopping, or its engine failing for good)
+            if outcome == "registered" and self.connections.get(peer_id) is conn:
+                del self.connections[peer_id]
+            await close_quietly(secure)
+            raise
         if outcome != "registered":
             if outcome == "duplicate":
                 log.debug("duplicate connection to %s closed (keeping %s)", peer_id, kept)
             task_status.started(peer_id if outcome == "duplicate" else None)
-            await secure.aclose()
+            await close_quietly(secure)
             return
         await self._after_feed(waits, None)
         log.info("connected to %s at %s (%s)", peer_id, address, secure.cipher)
@@ -728,11 +734,18 @@ class Node:
             mesh_secret=self.mesh.secret,
             accept_remote=self.mesh.is_allowed,
         )
-        if secure is None or self._nursery is None:
+        if secure is None:
             return None
-        peer: str | None = await self._nursery.start(
-            self._connection, secure, f"{host}:{port}", True
-        )
+        if self._nursery is None:  # (stopped meanwhile)
+            await close_quietly(secure)
+            return None
+        try:
+            peer: str | None = await self._nursery.start(
+                self._connection, secure, f"{host}:{port}", True
+            )
+        except BaseException:
+            await close_quietly(secure)  # (the node stopping before the channel ran)
+            raise
         return peer
 
     async def _dial_loop(
