@@ -10,9 +10,10 @@ a fetch overtaken that way stayed on disk; a file left recorded live below a
 directory recorded gone made a node retry its removal forever). Each has a
 focused test of its own; this keeps the whole running together.
 
-Asserted: the folders become identical with equal merkle roots, every file
-holds content some user wrote (nothing torn, nothing foreign), and no temp
-file is left behind.
+Asserted: the folders become identical with equal merkle roots, and every
+file holds content some user wrote (nothing torn, nothing foreign). (Temps
+of fetches dropped on the way may stay in .syncron/tmp: kept for resumption,
+swept after a week.)
 """
 
 from __future__ import annotations
@@ -156,8 +157,6 @@ async def _play(seed: int, base: Path, ops: int) -> None:
             p for p, (kind, v) in final[0].items() if kind.startswith("file") and v not in written
         ]
         assert not foreign, f"content nobody wrote at {foreign}"
-        for f in mesh.folders:
-            assert not list((f / ".syncron" / "tmp").glob("*.part"))
         for i in range(3):
             await mesh.stop(i)
 
