@@ -262,3 +262,26 @@ def test_a_half_fetched_file_overtaken_by_a_newer_version_leaves_no_temp() -> No
     net.run(seconds=120)
     assert net.converged() and "big.bin" not in net.files(1)
     assert not net.node(1).disk.temps
+
+
+def test_a_conflict_copy_whose_content_its_source_overwrote_gives_way_at_once() -> None:
+    # node1 keeps its own p.bin and starts fetching node0's losing version as
+    # a conflict copy; node0 overwrites p.bin before serving a block, and
+    # answers that it no longer has that content. The copy's job can never
+    # finish: it must give way now (not after request_timeout, 60 s, with
+    # deletions and descents waiting), and both surviving versions stay.
+    net = MeshNet(2, seed=0, shuffle=False)
+    mine, theirs, newer = big(200, 300_000), big(100, 300_000), big(300, 300_000)
+    net.edit(0, lambda d: d.write("p.bin", theirs))
+    net.edit(1, lambda d: d.write("p.bin", mine))
+    net.connect_all()
+    fetching = net.node(1).engine
+    while not any(CONFLICT_MARK in p for p in fetching.jobs):
+        assert net.step()
+    net.edit(0, lambda d: d.write("p.bin", newer))
+    start = net.now
+    net.run(seconds=120)
+    assert net.converged()
+    assert net.now - start < net.timing.request_timeout / 2
+    for i in (0, 1):
+        assert sorted(net.files(i).values()) == sorted([mine, newer])

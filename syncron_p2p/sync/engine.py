@@ -1151,6 +1151,17 @@ class Engine:
         if data is None:
             if peer in job.sources:
                 job.sources.remove(peer)
+            if not job.sources and not job.inflight:
+                # Every source said it no longer has this content (it changed
+                # or went since it told us): nothing will finish the job. Drop
+                # it now - its newer state comes with its record - rather than
+                # hold deletions and descents for request_timeout. (A source
+                # that went away instead leaves the job waiting for it.)
+                self._abandon(job)
+                if job.remote.path != job.target.path:
+                    # A conflict copy's job: resolve its record again.
+                    self.retry[job.remote.path] = (self._now, job.remote, job.origin_peer)
+                return
             self._want(job)
             self._check_stalled(job)
             return
