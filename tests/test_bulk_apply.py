@@ -707,3 +707,18 @@ def test_files_that_start_their_ancestors_past_the_cap_per_call_are_all_installe
     assert net.converged()
     assert net.files(1) == net.files(0)
     assert net.node(1).engine.stats["blocks_inline"] == 12
+
+
+def test_the_record_of_which_job_holds_each_content_does_not_grow_with_the_transfer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Jobs of one content take turns with its temp; who holds it is noted per
+    # content. Those notes must be pruned, not kept for every content a
+    # long-running node has ever fetched.
+    monkeypatch.setattr(engine_module, "KEY_OWNERS_SLACK", 50)
+    net = MeshNet(2, seed=12)
+    _fill(net, 600)
+    net.connect_all()
+    net.run()
+    assert net.converged()
+    assert len(net.node(1).engine._key_owner) <= 50 + 1

@@ -129,6 +129,7 @@ INGEST_HIGH = 2 * STARTS_PER_CALL
 # Completed files wait for company before being installed (one pair of disk
 # flushes per batch; see Engine._install_due), at most this many / long.
 READY_FILES = 256
+KEY_OWNERS_SLACK = 1024  # stale content-owner entries tolerated before a prune
 READY_BYTES = 64 * 1024 * 1024
 READY_DELAY = 0.1
 # Block bytes in flight per peer (besides Timing.block_window, a count): small
@@ -956,7 +957,15 @@ class Engine:
             if self._key_busy(job.key):
                 self._key_waiting.setdefault(job.key, []).append((job, local, held))
                 return
-            self._key_owner[job.key] = target.path
+            owners = self._key_owner
+            owners[job.key] = target.path
+            if len(owners) > 2 * len(self.jobs) + KEY_OWNERS_SLACK:
+                # Entries outlive their jobs (checked when looked up): keep
+                # only the live ones, or a long-running node keeps one per
+                # content it ever fetched.
+                live = {j.key: p for p, j in self.jobs.items()}
+                live[job.key] = target.path
+                self._key_owner = live
         if target.type == EntryType.FILE and not target.deleted:
             # Optional Disk hook (sealed_disk.py): which record a temp assembles.
             will_install = getattr(self.disk, "will_install", None)
