@@ -5,7 +5,7 @@ from __future__ import annotations
 from meshnet import MeshNet
 
 from syncron_p2p.sync.conflicts import CONFLICT_MARK
-from syncron_p2p.sync.effects import Tick
+from syncron_p2p.sync.effects import Damaged, Tick
 from syncron_p2p.sync.memory_disk import MemoryDisk
 
 
@@ -285,3 +285,102 @@ def test_a_conflict_copy_whose_content_its_source_overwrote_gives_way_at_once() 
     assert net.now - start < net.timing.request_timeout / 2
     for i in (0, 1):
         assert sorted(net.files(i).values()) == sorted([mine, newer])
+
+
+def _damage(net: MeshNet, i: int, path: str, data: bytes) -> None:
+    """Bit rot: the bytes change, the file's fingerprint does not."""
+    entry = net.node(i).disk.entries[path]
+    entry.data = data
+
+
+def test_a_damaged_file_is_restored_from_a_peer_without_a_new_version() -> None:
+    net = MeshNet(3, seed=21)
+    net.connect_all()
+    data = big(21, 2_000_000)
+    net.edit(0, lambda d: d.write("photos/a.jpg", data))
+    net.edit(0, lambda d: d.write("notes.txt", b"intact"))
+    net.run()
+    rec = net.node(1).index.get("photos/a.jpg")
+    assert rec is not None
+    roots = {net.node(i).index.merkle.root() for i in range(3)}
+    damaged = bytearray(data)
+    damaged[1_000_000:1_000_010] = b"\0" * 10  # one block goes bad
+    _damage(net, 1, "photos/a.jpg", bytes(damaged))
+    # A scan does not see it (the fingerprint is unchanged) ...
+    net.edit(1, lambda d: None)
+    assert net.files(1)["photos/a.jpg"] == bytes(damaged)
+    before = net.node(1).engine.stats["blocks_remote"]
+    net._feed("node1", Damaged((rec,)))
+    net.run()
+    assert net.converged()
+    assert net.files(1)["photos/a.jpg"] == data
+    after = net.node(1).index.get("photos/a.jpg")
+    assert after is not None and after.version == rec.version  # no new version anywhere
+    assert after.fingerprint != rec.fingerprint  # the restored file's
+    assert {net.node(i).index.merkle.root() for i in range(3)} == roots
+    assert all(net.files(i)["photos/a.jpg"] == data for i in range(3))
+    engine = net.node(1).engine
+    assert engine.stats["repaired"] == 1
+    # only the bad block travelled: the rest was reused from the file itself
+    assert engine.stats["blocks_remote"] - before == 1
+    assert engine.stats["blocks_local"] > 0
+
+
+def test_a_damage_report_the_index_has_moved_past_is_ignored() -> None:
+    net = MeshNet(2, seed=22)
+    net.connect_all()
+    net.edit(0, lambda d: d.write("a.txt", b"first"))
+    net.run()
+    stale = net.node(1).index.get("a.txt")
+    assert stale is not None
+    net.edit(1, lambda d: d.write("a.txt", b"edited after the verify read it"))
+    net.run()
+    net._feed("node1", Damaged((stale,)))
+    net.run()
+    assert net.converged()
+    assert net.node(1).engine.stats["repaired"] == 0
+    assert net.files(0)["a.txt"] == net.files(1)["a.txt"] == b"edited after the verify read it"
+
+
+def test_a_damaged_file_waits_for_a_peer_to_restore_it_from() -> None:
+    net = MeshNet(2, seed=23)
+    net.connect_all()
+    data = big(23, 300_000)
+    net.edit(0, lambda d: d.write("a.bin", data))
+    net.run()
+    rec = net.node(1).index.get("a.bin")
+    assert rec is not None
+    net.disconnect("node0", "node1")
+    _damage(net, 1, "a.bin", b"x" * 300_000)
+    net._feed("node1", Damaged((rec,)))
+    net.run()
+    assert "a.bin" in net.node(1).engine._repairs  # nobody to restore it from yet
+    assert net.files(1)["a.bin"] == b"x" * 300_000
+    net.connect("node0", "node1")
+    net.run()
+    assert net.files(1)["a.bin"] == data
+    assert net.node(1).engine.stats["repaired"] == 1 and not net.node(1).engine._repairs
+
+
+def test_a_damaged_file_no_peer_can_restore_stays_as_it_is() -> None:
+    # Both copies rotted: node0 cannot serve the recorded content either. The
+    # repair gives up at once (no hang), says so, and invents nothing: no new
+    # version, no other bytes written over the file.
+    net = MeshNet(2, seed=24)
+    net.connect_all()
+    net.edit(0, lambda d: d.write("a.bin", big(24, 300_000)))
+    net.run()
+    rec = net.node(1).index.get("a.bin")
+    assert rec is not None
+    _damage(net, 0, "a.bin", b"y" * 300_000)
+    _damage(net, 1, "a.bin", b"x" * 300_000)
+    start = net.now
+    net._feed("node1", Damaged((rec,)))
+    net.run(seconds=120)
+    engine = net.node(1).engine
+    assert not engine.jobs and not engine._repairs and engine.stats["repaired"] == 0
+    assert net.now - start < net.timing.request_timeout / 2
+    assert net.files(1)["a.bin"] == b"x" * 300_000
+    after = net.node(1).index.get("a.bin")
+    assert after is not None and after.version == rec.version
+    assert any(n.kind == "damaged" and "stays damaged" in n.detail for n in net.node(1).notices)

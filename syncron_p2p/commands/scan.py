@@ -9,11 +9,18 @@ from typing import Annotated, Any
 
 import typer
 
-from syncron_p2p.folder import check_folder
+from syncron_p2p.crypto.sealed import SealKeys
+from syncron_p2p.errors import UsageError
+from syncron_p2p.folder import INDEX_DB, check_folder
 from syncron_p2p.ids import node_id
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.scanner import Scanner, ScanResult
+from syncron_p2p.index.secure_rules import folder_secure_key
+from syncron_p2p.index.verify import VerifyResult, page_after, to_verify, verify_files
 from syncron_p2p.mesh import load_or_create_identity
+from syncron_p2p.node import control
+from syncron_p2p.node.options import FolderLock
+from syncron_p2p.paths import STATE_DIR
 
 
 def _summary(result: ScanResult, index: Index, with_entries: bool) -> dict[str, Any]:
@@ -76,7 +83,90 @@ def scan_folder(
     return result, {}, index
 
 
+def verify_offline(root: Path) -> dict[str, Any]:
+    """``verify`` with no node running on ``root``: read and report only."""
+    if not (root / STATE_DIR / INDEX_DB).is_file():
+        raise UsageError(f"nothing is recorded for {root} yet: run `syncron-p2p join` first")
+    lock = FolderLock(root)
+    lock.acquire()  # (a node that did not answer still holds it: say so)
+    try:
+        me = node_id(load_or_create_identity(root).public)
+        key = folder_secure_key(root)
+        keys = SealKeys.derive(key) if key is not None else None
+        total = VerifyResult()
+        with Index.open(root, me) as index:
+            after: str | None = None
+            while page := page_after(index, after):
+                after = page[-1].path
+                total.add(verify_files(root, to_verify(page), keys))
+    finally:
+        lock.release()
+    return {**total.summary(), "running": False}
+
+
+def _verify_report(folder: Path, reply: dict[str, Any]) -> bool:
+    """Print ``verify``'s findings; True when every checked file is intact."""
+    for path in reply["damaged"]:
+        typer.echo(f"damaged: {path}")
+    for path, why in reply["unreadable"]:
+        typer.echo(f"unreadable: {path}: {why}", err=True)
+    size = _human(reply["checked_bytes"])
+    damaged = len(reply["damaged"])
+    n = reply["checked"]
+    line = f"checked {n} file{'' if n == 1 else 's'} ({size})"
+    if reply["changed"]:
+        line += f"; {reply['changed']} changed since the last scan (the next scan records them)"
+    typer.echo(line)
+    if reply["stopped"]:
+        typer.echo("stopped before every file was checked (the node is stopping)")
+    if not damaged:
+        typer.echo("every checked file holds what its record says")
+        return not reply["unreadable"]
+    if reply["running"]:
+        typer.echo(
+            f"{damaged} damaged file(s): the node is restoring them from its peers"
+            " (its log says when each is done)"
+        )
+    else:
+        typer.echo(
+            f"{damaged} damaged file(s) (content changed although the files were not"
+            f" edited: disk damage?). Start `syncron-p2p join {folder}` and run verify"
+            " again to restore them from peers."
+        )
+    return False
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def register(app: typer.Typer) -> None:
+    @app.command()
+    def verify(
+        folder: Annotated[Path, typer.Argument(help="A folder set up with join.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    ) -> None:
+        """Read every file and compare it with what was recorded; a running node
+        restores damaged files from its peers. Exit code 1 if any is damaged."""
+        root = check_folder(folder)
+        reply = control.query(root, {"cmd": "verify"}, timeout=None)
+        if reply is None:
+            reply = verify_offline(root)
+        elif "checked" not in reply:
+            raise UsageError(f"the node running on {folder} refused: {reply.get('error')}")
+        if as_json:
+            typer.echo(json.dumps(reply))
+            intact = not reply["damaged"] and not reply["unreadable"]
+        else:
+            intact = _verify_report(folder, reply)
+        if not intact:
+            raise SystemExit(1)
+
     @app.command()
     def scan(
         folder: Annotated[Path, typer.Argument(help="The folder to index.")],

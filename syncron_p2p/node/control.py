@@ -103,8 +103,11 @@ async def _answer(stream: trio.abc.Stream, handler: Handler) -> None:
             await stream.send_all(json.dumps(reply).encode() + b"\n")
 
 
-def query(folder: Path, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
-    """Ask the node running on ``folder``; None when none answers."""
+def query(
+    folder: Path, request: dict[str, Any], timeout: float | None = 5.0
+) -> dict[str, Any] | None:
+    """Ask the node running on ``folder``; None when none answers (``timeout``
+    None: wait for the answer however long the node works on it)."""
     path = socket_path(folder)
     if not path.exists():
         return None

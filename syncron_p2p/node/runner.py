@@ -28,6 +28,7 @@ the same peer appears, both ends keep the one dialled by the smaller node id
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ from syncron_p2p.index.scanner import (
     full_scan_steps,
     still_directories,
 )
+from syncron_p2p.index.verify import VerifyResult, page_after, to_verify, verify_files
 from syncron_p2p.mesh import Mesh
 from syncron_p2p.node import control
 from syncron_p2p.node.discovery import Discovery, Event, Found, Gone
@@ -67,6 +69,7 @@ from syncron_p2p.sync.conflicts import CONFLICT_MARK
 from syncron_p2p.sync.disk import Disk
 from syncron_p2p.sync.effects import (
     Close,
+    Damaged,
     Effect,
     Input,
     LocalChanges,
@@ -156,6 +159,7 @@ class Node:
         self.control_path: Path | None = None
         self.conflicts = 0
         self.scans = 0
+        self._verifying = False
         self.last_scan: float | None = None
         self._hot: dict[str, float] = {}
         self._dirty: set[str] = set()
@@ -1036,7 +1040,52 @@ class Node:
             return {"ok": True}
         if cmd == "revert":
             return {"reverted": await self.revert()}
+        if cmd == "verify":
+            if self._verifying:
+                return {"error": "a verify is already running"}
+            self._verifying = True
+            try:
+                return await self.verify()
+            finally:
+                self._verifying = False
         return {"error": f"unknown command {cmd!r}"}
+
+    async def verify(self) -> dict[str, Any]:
+        """Read every recorded file and compare it with its record
+        (:mod:`syncron_p2p.index.verify`); damaged files are restored from
+        peers (:class:`Damaged`). A page of records at a time: the engine
+        goes on between pages, and the files are read without the lock."""
+        total = VerifyResult()
+        after: str | None = None
+        while not self._stopping:
+            async with self.lock:
+                page = await trio.to_thread.run_sync(page_after, self.index, after)
+            if not page:
+                break
+            after = page[-1].path
+            part = await trio.to_thread.run_sync(
+                functools.partial(
+                    verify_files,
+                    self.folder,
+                    to_verify(page),
+                    self.scanner.keys,
+                    stop=lambda: self._stopping,
+                )
+            )
+            total.add(part)
+            for rec in part.damaged:
+                log.warning("damaged: %s holds other content than recorded", rec.path)
+            if part.damaged:
+                await self.feed(Damaged(tuple(part.damaged)))
+        total.stopped = total.stopped or self._stopping
+        log.info(
+            "verified %d files: %d damaged, %d changed since the last scan, %d unreadable",
+            total.checked,
+            len(total.damaged),
+            total.changed,
+            len(total.unreadable),
+        )
+        return {**total.summary(), "running": True}
 
     async def revert(self) -> list[str]:
         """Receive-only: set local edits aside and follow the mesh again."""

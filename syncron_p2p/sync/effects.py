@@ -45,7 +45,17 @@ class Tick:
     """Time passed; timers due at or before ``now`` fire."""
 
 
-Input = PeerUp | PeerDown | Received | LocalChanges | Tick
+@dataclass(frozen=True, slots=True)
+class Damaged:
+    """These files hold other content than their records say although they
+    were not edited (their fingerprints are the recorded ones): restore each
+    record's content from peers (``syncron_p2p/index/verify.py``). The
+    records are as verified; one the index has changed since is skipped."""
+
+    records: tuple[Record, ...]
+
+
+Input = PeerUp | PeerDown | Received | LocalChanges | Tick | Damaged
 
 # ------------------------------------------------------------------ effects
 

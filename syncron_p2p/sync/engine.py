@@ -99,6 +99,7 @@ from syncron_p2p.sync.disk import (
 )
 from syncron_p2p.sync.effects import (
     Close,
+    Damaged,
     Effect,
     Input,
     LocalChanges,
@@ -209,6 +210,7 @@ class Job:
     inflight: dict[int, int] = field(default_factory=dict)  # block idx -> request id
     origin_peer: str = ""
     stalled_since: float | None = None
+    repair: bool = False  # restoring a damaged file's recorded content (Damaged)
 
     @property
     def key(self) -> str:
@@ -269,6 +271,9 @@ class Engine:
         # queued path -> (block hash, content) received inline (see _hold)
         self._inline: dict[str, tuple[bytes, bytes]] = {}
         self._inline_bytes = 0
+        # damaged path -> its record as verified, until a peer is there to
+        # restore it from (see _on_damaged)
+        self._repairs: dict[str, Record] = {}
         self._now = 0.0
         self._starts = 0  # queued records started in this call (STARTS_PER_CALL)
         self.stats = {
@@ -278,6 +283,7 @@ class Engine:
             "blocks_local": 0,
             "blocks_remote": 0,
             "blocks_inline": 0,
+            "repaired": 0,
         }
 
     # ================================================================ entry
@@ -318,6 +324,8 @@ class Engine:
                             self._local_changes(records)
                         case Tick():
                             self._tick()
+                        case Damaged(records):
+                            self._on_damaged(records)
                 self._pump()
                 self._serve_ranges()
                 try:
@@ -807,6 +815,8 @@ class Engine:
         while True:
             if self._key_waiting:
                 self._release_waiting()
+            if self._repairs:
+                self._start_repairs()
             # Records whose content came inline first, job slots or not: they
             # complete at once, and waiting behind block transfers would only
             # keep their content in memory (or drop it, to be sent again).
@@ -1167,7 +1177,9 @@ class Engine:
                 # hold deletions and descents for request_timeout. (A source
                 # that went away instead leaves the job waiting for it.)
                 self._abandon(job)
-                if job.remote.path != job.target.path:
+                if job.repair:
+                    self._unrepaired(job)
+                elif job.remote.path != job.target.path:
                     # A conflict copy's job: resolve its record again.
                     self.retry[job.remote.path] = (self._now, job.remote, job.origin_peer)
                 return
@@ -1243,6 +1255,9 @@ class Engine:
             )
             return
         self.stats["applied"] += 1
+        if job.repair:
+            self.stats["repaired"] += 1
+            self._notice("repaired", path, "restored its recorded content")
         records = [with_local(target, target.sequence, obs.fingerprint), *extra]
         if self._deferred is None:
             self._store(records, job.origin_peer)
@@ -1545,6 +1560,59 @@ class Engine:
                 and now - job.stalled_since > self.timing.request_timeout
             ):
                 self._abandon(job)  # nobody can serve it now; anti-entropy will bring it back
+                if job.repair:
+                    self._unrepaired(job)
+
+    # ------------------------------------------------------------ repairs
+
+    def _on_damaged(self, records: Iterable[Record]) -> None:
+        """Restore damaged files (see :class:`Damaged`) from peers.
+
+        Never a new version: the damage is not an edit, and published it would
+        replace every peer's intact copy. The record stays as it is and its
+        content is fetched again like any other - blocks still intact in the
+        damaged file are reused (each verified), the rest come from peers -
+        then installed over the damaged file only if that is still exactly
+        what was verified. With no peer connected, the repair waits for one.
+        """
+        for rec in records:
+            try:
+                validate(rec.path)
+            except UnsafePathError:
+                continue
+            if not _same_state(self.store.get(rec.path), rec) or not _repairable(rec):
+                continue  # edited, replaced or removed since it was verified
+            self._repairs[rec.path] = rec
+            self._notice(
+                "damaged",
+                rec.path,
+                "holds other content than recorded although it was not edited "
+                "(disk damage?); restoring it from a peer",
+            )
+
+    def _start_repairs(self) -> None:
+        active = self._active()
+        if not active:
+            return
+        for path, rec in list(self._repairs.items()):
+            if len(self.jobs) >= MAX_ACTIVE_JOBS:
+                break
+            del self._repairs[path]
+            if path in self.jobs or path in self.queue or path in self.deletes:
+                continue  # a newer version replaces the file anyway
+            local = self.store.get(path)
+            if not _same_state(local, rec) or local is None:
+                continue
+            job = Job(local, expectation(local), local, local, sorted(active), repair=True)
+            self._prepare(job, local)
+
+    def _unrepaired(self, job: Job) -> None:
+        self._notice(
+            "damaged",
+            job.target.path,
+            "no connected peer could send its recorded content: it stays damaged "
+            "(run `syncron-p2p verify` again once a peer that has it is connected)",
+        )
 
     def _abandon(self, job: Job) -> None:
         """Forget an unfinished ``job``: its replies still on their way are
@@ -1674,6 +1742,10 @@ def _local_sources(
             if b.hash in wanted:
                 out.setdefault(b.hash, []).append((donor.path, b.offset))
     return out
+
+
+def _repairable(rec: Record) -> bool:
+    return rec.type == EntryType.FILE and not rec.deleted and rec.fingerprint is not None
 
 
 def _same_state(a: Record | None, b: Record | None) -> bool:

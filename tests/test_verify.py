@@ -1,0 +1,170 @@
+"""``syncron-p2p verify``: damaged files are found, reported, and restored from peers.
+
+"Damaged" means the bytes changed while the file's fingerprint (size, mtime,
+inode, ctime) stayed the recorded one - bit rot, or a wrong write by an
+earlier version. No test can write a file without changing its ctime, so
+the tests damage a file and then record its new fingerprint in the index,
+which is the very state such damage leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import trio
+from test_node_parts import _config, _pair, _start_pair, until
+
+from syncron_p2p.crypto.sealed import SealKeys
+from syncron_p2p.index.db import Index
+from syncron_p2p.index.records import StatFingerprint
+from syncron_p2p.index.scanner import Scanner
+from syncron_p2p.index.verify import page_after, to_verify, verify_files
+from syncron_p2p.mesh import Mesh
+from syncron_p2p.node.runner import Node
+
+CLI = [sys.executable, "-c", "from syncron_p2p.cli import main; main()"]
+KEY = bytes(range(32))
+
+
+def _damage(folder: Path, index: Index, path: str, data: bytes) -> None:
+    """Write ``data`` over ``path`` and record the result's fingerprint as if
+    nothing had happened (what bit rot leaves: a fingerprint that matches)."""
+    (folder / path).write_bytes(data)
+    st = os.lstat(folder / path)
+    rec = index.get(path)
+    assert rec is not None
+    fp = StatFingerprint(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    index.put([replace(rec, fingerprint=fp)])
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a thread: the nodes it talks to run on this event loop."""
+    return await trio.to_thread.run_sync(
+        lambda: subprocess.run([*CLI, *args], capture_output=True, text=True, check=False)
+    )
+
+
+def _scanned(folder: Path, files: dict[str, bytes], key: bytes | None = None) -> Index:
+    for path, data in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    index = Index.open(folder, "NODE")
+    Scanner(folder, index, secure_key=key).scan()
+    return index
+
+
+def test_verify_tells_damage_from_edits(tmp_path: Path) -> None:
+    big = random.Random(1).randbytes(3_000_000)
+    index = _scanned(
+        tmp_path,
+        {"big.bin": big, "docs/a.txt": b"alpha", "docs/b.txt": b"beta", "empty": b""},
+    )
+    records = to_verify(index.all())
+    assert sorted(r.path for r in records) == ["big.bin", "docs/a.txt", "docs/b.txt", "empty"]
+    clean = verify_files(tmp_path, records)
+    assert clean.checked == 4 and not clean.damaged and clean.changed == 0
+    assert clean.checked_bytes == len(big) + 9
+
+    _damage(tmp_path, index, "big.bin", big[:1000] + b"\0" * 10 + big[1010:])
+    (tmp_path / "docs" / "b.txt").write_bytes(b"an edit")  # fingerprint changes
+    result = verify_files(tmp_path, to_verify(index.all()))
+    assert [r.path for r in result.damaged] == ["big.bin"]
+    assert result.changed == 1 and result.checked == 3  # the edit is not damage
+    # Read only: the damaged file is left as it is.
+    assert (tmp_path / "big.bin").read_bytes()[1000:1010] == b"\0" * 10
+    index.close()
+
+
+def test_verify_checks_protected_files_as_their_sealed_records(tmp_path: Path) -> None:
+    index = _scanned(
+        tmp_path,
+        {".secure": b"*.kdbx\n", "vault.kdbx": b"secret" * 1000, "plain.txt": b"open"},
+        key=KEY,
+    )
+    sealed = index.get("vault.kdbx")
+    assert sealed is not None and sealed.sealed
+    keys = SealKeys.derive(KEY)
+    clean = verify_files(tmp_path, to_verify(index.all()), keys)
+    assert clean.checked == 3 and not clean.damaged
+    _damage(tmp_path, index, "vault.kdbx", b"SECRET" * 1000)
+    assert [r.path for r in verify_files(tmp_path, to_verify(index.all()), keys).damaged] == [
+        "vault.kdbx"
+    ]
+    index.close()
+
+
+def test_verify_pages_through_the_whole_index(tmp_path: Path) -> None:
+    index = _scanned(tmp_path, {f"d/f{i:03d}.txt": b"%d" % i for i in range(25)})
+    seen: list[str] = []
+    after = None
+    while page := page_after(index, after, limit=7):
+        after = page[-1].path
+        seen.extend(r.path for r in page)
+    assert seen == sorted(r.path for r in index.all())
+    index.close()
+
+
+async def test_a_running_node_restores_damaged_files_from_its_peer(tmp_path: Path) -> None:
+    ma, mb = _pair(tmp_path)
+    big = random.Random(2).randbytes(2_500_000)
+    (ma.folder / "photos").mkdir()
+    (ma.folder / "photos" / "big.jpg").write_bytes(big)
+    (ma.folder / "notes.txt").write_bytes(b"fine")
+    async with trio.open_nursery() as nursery:
+        a, b = await _start_pair(nursery, ma, mb)
+        await until(lambda: (mb.folder / "notes.txt").exists() and b.engine.jobs == {}, 30)
+        await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 30)
+        assert a.listen_address is not None
+        port = a.listen_address[1]
+        await b.stop()
+        before = a.index.get("photos/big.jpg")
+        # While b is stopped, its copy rots: one bad stretch in the middle.
+        damaged = big[:1_200_000] + b"\xff" * 64 + big[1_200_064:]
+        with Index.open(mb.folder, mb.node_id) as index:
+            _damage(mb.folder, index, "photos/big.jpg", damaged)
+        # With no node running, verify reports it and changes nothing.
+        offline = await _cli("verify", str(mb.folder))
+        assert offline.returncode == 1, offline.stderr
+        assert "damaged: photos/big.jpg" in offline.stdout
+        assert "run verify again" in offline.stdout
+        assert (mb.folder / "photos" / "big.jpg").read_bytes() == damaged
+
+        b = Node(Mesh.load(mb.folder), _config(mb.folder, peers=[("127.0.0.1", port)]))
+        await nursery.start(b.run)
+        await until(lambda: bool(b.engine._active()), 20)
+        # A scan does not notice (the fingerprint is the recorded one) ...
+        await b.scan()
+        assert (mb.folder / "photos" / "big.jpg").read_bytes() == damaged
+        # ... verify does, through the control socket as the CLI asks it.
+        reply = await _cli("verify", str(mb.folder), "--json")
+        assert reply.returncode == 1, reply.stderr
+        assert json.loads(reply.stdout) | {"checked_bytes": 0} == {
+            "checked": 2,
+            "checked_bytes": 0,
+            "damaged": ["photos/big.jpg"],
+            "changed": 0,
+            "unreadable": [],
+            "stopped": False,
+            "running": True,  # the node answered, not the offline path
+        }
+        await until(lambda: (mb.folder / "photos" / "big.jpg").read_bytes() == big, 30)
+        assert b.engine.stats["repaired"] == 1
+        # Only the bad block travelled; the damage was never published.
+        assert b.engine.stats["blocks_remote"] <= 1
+        after = a.index.get("photos/big.jpg")
+        assert before is not None and after is not None and after.version == before.version
+        assert (ma.folder / "photos" / "big.jpg").read_bytes() == big
+        mine = b.index.get("photos/big.jpg")
+        assert mine is not None and mine.version == before.version
+        await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 20)
+        # Verified again: intact, exit code 0.
+        again = await b.verify()
+        assert again["damaged"] == [] and again["checked"] == 2
+        await a.stop()
+        await b.stop()
