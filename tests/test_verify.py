@@ -168,3 +168,36 @@ async def test_a_running_node_restores_damaged_files_from_its_peer(tmp_path: Pat
         assert again["damaged"] == [] and again["checked"] == 2
         await a.stop()
         await b.stop()
+
+
+async def test_a_damaged_file_a_peer_asks_for_is_found_and_restored_by_itself(
+    tmp_path: Path,
+) -> None:
+    # Nobody runs verify: c joins through b alone, and b, asked for blocks of
+    # a file that rotted, notices (the block fails its hash), reads the file,
+    # restores it from a - and c then gets it intact.
+    ma, mb = _pair(tmp_path)
+    big = random.Random(3).randbytes(1_500_000)
+    (ma.folder / "big.bin").write_bytes(big)
+    async with trio.open_nursery() as nursery:
+        a, b = await _start_pair(nursery, ma, mb)
+        await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 30)
+        assert a.listen_address is not None
+        port_a = a.listen_address[1]
+        await b.stop()
+        with Index.open(mb.folder, mb.node_id) as index:
+            _damage(mb.folder, index, "big.bin", big[:700_000] + b"\0" * 99 + big[700_099:])
+        b = Node(Mesh.load(mb.folder), _config(mb.folder, peers=[("127.0.0.1", port_a)]))
+        await nursery.start(b.run)
+        assert b.listen_address is not None
+        c_dir = tmp_path / "c"
+        c_dir.mkdir()
+        mc = Mesh.join(c_dir, ma.invite_code())
+        c = Node(mc, _config(c_dir, peers=[("127.0.0.1", b.listen_address[1])]))
+        await nursery.start(c.run)
+        await until(lambda: (c_dir / "big.bin").exists(), 60)
+        assert (c_dir / "big.bin").read_bytes() == big  # never the damaged bytes
+        await until(lambda: (mb.folder / "big.bin").read_bytes() == big, 30)
+        assert b.engine.stats["repaired"] == 1
+        for node in (a, b, c):
+            await node.stop()

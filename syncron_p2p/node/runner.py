@@ -47,6 +47,7 @@ from syncron_p2p.config import Role, Timing
 from syncron_p2p.errors import InternalError, UsageError
 from syncron_p2p.ids import node_id as node_id_of
 from syncron_p2p.index.db import Index
+from syncron_p2p.index.records import Record
 from syncron_p2p.index.scanner import (
     Scanner,
     ScanResult,
@@ -96,6 +97,7 @@ BULK_WINDOW = 1.0  # seconds
 APPLIED_LINES = 20  # "updated PATH" log lines per second before summarising
 SCAN_STEP = 1024  # records per locked step of a full scan of a big tree
 SCAN_HERE_MAX = 1000  # a folder with fewer entries has its initial scan in-process
+VERIFY_AGAIN = 600.0  # seconds before a failed block read has the same file read again
 # An engine that raises (a bug) is rebuilt from the index, up to this many
 # times within ENGINE_FAULT_WINDOW seconds; one more and the node stops.
 ENGINE_FAULTS_MAX = 3
@@ -160,6 +162,7 @@ class Node:
         self.conflicts = 0
         self.scans = 0
         self._verifying = False
+        self._verified_at: dict[str, float] = {}  # path -> when a failed read had it verified
         self.last_scan: float | None = None
         self._hot: dict[str, float] = {}
         self._dirty: set[str] = set()
@@ -348,8 +351,10 @@ class Node:
                     if conn is not None:
                         log.info("closing connection to %s: %s", peer, reason)
                         conn.close(reason)
-                case Rescan(paths):
+                case Rescan(paths, verify):
                     self._mark_dirty([p.rpartition("/")[0] for p in paths])
+                    if verify:
+                        self._verify_soon(paths)
                 case Notice(kind, path, detail):
                     self._notice(kind, path, detail)
         return waits
@@ -359,8 +364,10 @@ class Node:
         if kind == "conflict":
             self.conflicts += 1
             log.warning("conflict: %s (both versions kept)", what)
-        elif kind in ("error", "rejected"):
+        elif kind in ("error", "rejected", "damaged"):
             log.warning("%s: %s", kind, what)
+        elif kind == "repaired":
+            log.info("repaired %s", what)
         elif kind == "applied" and path:
             self._log_applied(what)
         else:
@@ -1050,6 +1057,44 @@ class Node:
                 self._verifying = False
         return {"error": f"unknown command {cmd!r}"}
 
+    def _verify_soon(self, paths: tuple[str, ...]) -> None:
+        """Read files a block request found not holding their recorded
+        content (each at most once per VERIFY_AGAIN: a peer asks block by
+        block); a damaged one is restored from peers."""
+        now = trio.current_time()
+        seen = self._verified_at
+        for path in [p for p, at in seen.items() if now - at >= VERIFY_AGAIN]:
+            del seen[path]
+        fresh = [p for p in paths if p not in seen]
+        if not fresh or self._nursery is None:
+            return
+        for path in fresh:
+            seen[path] = now
+        self._nursery.start_soon(self._verify_paths, fresh)
+
+    async def _verify_paths(self, paths: list[str]) -> None:
+        async with self.lock:
+            records = await trio.to_thread.run_sync(
+                lambda: to_verify(r for p in paths if (r := self.index.get(p)) is not None)
+            )
+        await self._verify_records(records)
+
+    async def _verify_records(self, records: list[Record]) -> VerifyResult:
+        """Read ``records``' files (without the lock); report the damaged ones
+        to the engine, which restores them from peers."""
+        result = await trio.to_thread.run_sync(
+            functools.partial(
+                verify_files,
+                self.folder,
+                records,
+                self.scanner.keys,
+                stop=lambda: self._stopping,
+            )
+        )
+        if result.damaged and not self._stopping:  # (the engine logs each)
+            await self.feed(Damaged(tuple(result.damaged)))
+        return result
+
     async def verify(self) -> dict[str, Any]:
         """Read every recorded file and compare it with its record
         (:mod:`syncron_p2p.index.verify`); damaged files are restored from
@@ -1063,20 +1108,7 @@ class Node:
             if not page:
                 break
             after = page[-1].path
-            part = await trio.to_thread.run_sync(
-                functools.partial(
-                    verify_files,
-                    self.folder,
-                    to_verify(page),
-                    self.scanner.keys,
-                    stop=lambda: self._stopping,
-                )
-            )
-            total.add(part)
-            for rec in part.damaged:
-                log.warning("damaged: %s holds other content than recorded", rec.path)
-            if part.damaged:
-                await self.feed(Damaged(tuple(part.damaged)))
+            total.add(await self._verify_records(to_verify(page)))
         total.stopped = total.stopped or self._stopping
         log.info(
             "verified %d files: %d damaged, %d changed since the last scan, %d unreadable",

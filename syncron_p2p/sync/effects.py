@@ -76,9 +76,15 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class Rescan:
-    """The disk differs from the index at these paths: scan them."""
+    """The disk differs from the index at these paths: scan them.
+
+    ``verify``: a file there did not hold its recorded content when read; if
+    the scan finds it unchanged (its fingerprint is the recorded one), read
+    it whole and report it :class:`Damaged` if so (``index/verify.py``).
+    """
 
     paths: tuple[str, ...]
+    verify: bool = False
 
 
 @dataclass(frozen=True, slots=True)

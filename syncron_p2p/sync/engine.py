@@ -1493,7 +1493,8 @@ class Engine:
                 return
         rec = self.store.get(msg.path)
         if rec is not None and rec.content_hash == msg.content_hash:
-            self._out.append(Rescan((msg.path,)))  # our file changed under the index
+            # Our file changed under the index - or rotted: the node reads it.
+            self._out.append(Rescan((msg.path,), verify=True))
         self._send(peer, BlockMissing(msg.request_id))
 
     # ------------------------------------------------------ local changes
