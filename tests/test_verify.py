@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import trio
+from securemesh import SecureMesh
 from test_node_parts import _config, _pair, _start_pair, until
 
 from syncron_p2p.crypto.sealed import SealKeys
@@ -27,6 +28,7 @@ from syncron_p2p.index.scanner import Scanner
 from syncron_p2p.index.verify import page_after, to_verify, verify_files
 from syncron_p2p.mesh import Mesh
 from syncron_p2p.node.runner import Node
+from syncron_p2p.sync.effects import Damaged
 
 CLI = [sys.executable, "-c", "from syncron_p2p.cli import main; main()"]
 KEY = bytes(range(32))
@@ -201,3 +203,36 @@ async def test_a_damaged_file_a_peer_asks_for_is_found_and_restored_by_itself(
         assert b.engine.stats["repaired"] == 1
         for node in (a, b, c):
             await node.stop()
+
+
+def test_damaged_protected_files_are_restored_with_and_without_the_key(tmp_path: Path) -> None:
+    # A key-holder keeps a .secure file in plaintext, a node without the key
+    # keeps the sealed object: each verifies and repairs its own form.
+    m = SecureMesh(tmp_path, [KEY, KEY, None])
+    try:
+        secret = random.Random(4).randbytes(900_000)
+        m.write(0, ".secure", b"*.kdbx\n")
+        m.write(0, "vault.kdbx", secret)
+        m.connect_all()
+        m.run()
+        assert m.converged() and (m.node(1).folder / "vault.kdbx").read_bytes() == secret
+        keyless = m.node(2).folder / "vault.kdbx"
+        sealed_copy = keyless.read_bytes()
+        assert secret[:64] not in sealed_copy
+        roots = m.roots()
+        for i, keys in ((1, SealKeys.derive(KEY)), (2, None)):
+            node = m.node(i)
+            good = (node.folder / "vault.kdbx").read_bytes()
+            _damage(node.folder, node.index, "vault.kdbx", good[:400_000] + b"!" + good[400_001:])
+            found = verify_files(node.folder, to_verify(node.index.all()), keys)
+            assert [r.path for r in found.damaged] == ["vault.kdbx"]
+            m._feed(node.name, Damaged(tuple(found.damaged)))
+            m.run()
+            assert (node.folder / "vault.kdbx").read_bytes() == good
+            assert node.engine.stats["repaired"] == 1
+            again = verify_files(node.folder, to_verify(node.index.all()), keys)
+            assert not again.damaged and again.checked == 2
+        assert m.roots() == roots
+        assert (m.node(0).folder / "vault.kdbx").read_bytes() == secret
+    finally:
+        m.close()
