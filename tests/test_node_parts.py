@@ -623,6 +623,35 @@ async def test_an_edit_made_while_a_restarted_node_scans_is_not_missed(
         await b.stop()
 
 
+async def test_a_file_made_while_a_node_first_scans_is_not_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same on a first run, where the watcher starts only after the scan
+    # (the tree's size is unknown before): a file made after the scan passed
+    # its directory must not wait for the next full scan (10 minutes). (A
+    # new file: nobody asks for it, so no failed block read finds it either.)
+    ma, mb = _pair(tmp_path)
+    (ma.folder / "notes.txt").write_text("first")
+    initial_scan = Node._initial_scan
+
+    async def scan_then_edit(self: Node) -> None:
+        await initial_scan(self)
+        (self.folder / "later.txt").write_text("made while the node started")
+        await trio.sleep(0.5)
+
+    monkeypatch.setattr(Node, "_initial_scan", scan_then_edit)
+    async with trio.open_nursery() as nursery:
+        a = Node(ma, _config(ma.folder))
+        await nursery.start(a.run)
+        monkeypatch.setattr(Node, "_initial_scan", initial_scan)
+        assert a.listen_address is not None
+        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
+        await nursery.start(b.run)
+        await until((mb.folder / "later.txt").exists, 20)
+        await a.stop()
+        await b.stop()
+
+
 async def test_a_file_the_user_makes_and_deletes_where_the_node_deleted_one_is_seen_deleted(
     tmp_path: Path,
 ) -> None:

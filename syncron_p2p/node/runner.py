@@ -989,6 +989,11 @@ class Node:
                 nursery.start_soon(self._transfer_progress)
             if self.config.watch and not watch_first:
                 await self._start_watcher(nursery)
+                # A first run: what was edited while the initial scan ran,
+                # after the scan had passed it, had no watcher to see it. One
+                # more pass (stat only, but for what changed) finds it now
+                # instead of at the next full scan.
+                self._mark_dirty(None)
             if self.config.mdns:
                 await self._start_discovery(nursery)
             for host, port in self.config.peers:
