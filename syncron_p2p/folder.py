@@ -15,6 +15,7 @@ from syncron_p2p.paths import STATE_DIR
 
 INDEX_DB = "index.db"
 TMP_DIR = "tmp"
+DAMAGED_DIR = "damaged"  # files replaced by a repair (verify), kept for their owner
 
 
 def check_folder(folder: Path) -> Path:

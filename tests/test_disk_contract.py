@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -185,3 +186,35 @@ def test_local_changes_are_refused_by_both(tmp_path: Path) -> None:
     _run(pair, [("install_file", "a", b"remote", "stale"), ("remove", "a", "stale")])
     assert pair.mem.read("a") == (tmp_path / "a").read_bytes() == b"uu"
     assert not os.listdir(tmp_path / ".syncron" / "tmp")
+
+
+def test_keep_copy_keeps_the_bytes_and_the_file_can_still_be_replaced(tmp_path: Path) -> None:
+    # Before a repair replaces a file, both disks keep its bytes out of the
+    # folder's view; what they return is what a checked install then expects.
+    content = b"decayed?" * 100
+    real, mem = RealDisk(tmp_path), MemoryDisk()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_bytes(content)
+    mem.write("d/x", content)
+    fresh = b"restored" * 100
+    key = blake3.blake3(fresh).hexdigest()
+    for disk in (real, mem):
+        before = disk.observe("d/x")
+        assert before is not None
+        where, now = disk.keep_copy("d/x", before)
+        assert where.startswith(".syncron/damaged/")
+        disk.temp_write(key, 0, fresh)
+        disk.install_file("d/x", key, len(fresh), 0o644, now)
+    assert mem.kept == [("d/x", content)]
+    assert (tmp_path / ".syncron" / "damaged" / "d%x.1").read_bytes() == content
+    assert (tmp_path / "d" / "x").read_bytes() == mem.read("d/x") == fresh
+    # A second keep of the same path does not overwrite the first.
+    where, _ = real.keep_copy("d/x", real.observe("d/x"))
+    assert where == ".syncron/damaged/d%x.2"
+    assert (tmp_path / ".syncron" / "damaged" / "d%x.1").read_bytes() == content
+    # An edit since the observation: nothing is kept, the edit stands.
+    stale = real.observe("d/x")
+    (tmp_path / "d" / "x").write_bytes(b"a user's edit")
+    with pytest.raises(LocalChanged):
+        real.keep_copy("d/x", stale)
+    assert not (tmp_path / ".syncron" / "damaged" / "d%x.3").exists()

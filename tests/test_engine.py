@@ -324,6 +324,8 @@ def test_a_damaged_file_is_restored_from_a_peer_without_a_new_version() -> None:
     # only the bad block travelled: the rest was reused from the file itself
     assert engine.stats["blocks_remote"] - before == 1
     assert engine.stats["blocks_local"] > 0
+    # and the bytes the repair replaced are kept, out of sync's sight
+    assert net.node(1).disk.kept == [("photos/a.jpg", bytes(damaged))]
 
 
 def test_a_damage_report_the_index_has_moved_past_is_ignored() -> None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import trio
 from securemesh import SecureMesh
@@ -27,6 +29,7 @@ from syncron_p2p.index.records import StatFingerprint
 from syncron_p2p.index.scanner import Scanner
 from syncron_p2p.index.verify import page_after, to_verify, verify_files
 from syncron_p2p.mesh import Mesh
+from syncron_p2p.node import control
 from syncron_p2p.node.runner import Node
 from syncron_p2p.sync.effects import Damaged
 
@@ -157,8 +160,11 @@ async def test_a_running_node_restores_damaged_files_from_its_peer(tmp_path: Pat
         }
         await until(lambda: (mb.folder / "photos" / "big.jpg").read_bytes() == big, 30)
         assert b.engine.stats["repaired"] == 1
-        # Only the bad block travelled; the damage was never published.
-        assert b.engine.stats["blocks_remote"] <= 1
+        # Only the bad block travelled; the damage was never published, and
+        # the bytes it replaced are kept where nothing syncs them.
+        assert b.engine.stats["blocks_remote"] == 1
+        kept = mb.folder / ".syncron" / "damaged" / "photos%big.jpg.1"
+        assert kept.read_bytes() == damaged
         after = a.index.get("photos/big.jpg")
         assert before is not None and after is not None and after.version == before.version
         assert (ma.folder / "photos" / "big.jpg").read_bytes() == big
@@ -220,6 +226,18 @@ def test_damaged_protected_files_are_restored_with_and_without_the_key(tmp_path:
         sealed_copy = keyless.read_bytes()
         assert secret[:64] not in sealed_copy
         roots = m.roots()
+        # A node without the key cannot seal an edit of a protected file: it
+        # keeps the record beside the edited file. That is no damage.
+        edited = m.node(2).folder / "vault.kdbx"
+        edited.write_bytes(b"edited where the key is not")
+        m.scan(2)
+        record = m.node(2).index.get("vault.kdbx")
+        assert record is not None and record.fingerprint is not None
+        assert record.fingerprint.size == len(b"edited where the key is not")
+        found = verify_files(m.node(2).folder, to_verify(m.node(2).index.all()))
+        assert not found.damaged and found.changed == 1
+        edited.write_bytes(sealed_copy)  # (back as it was, for the repairs below)
+        m.scan(2)
         for i, keys in ((1, SealKeys.derive(KEY)), (2, None)):
             node = m.node(i)
             good = (node.folder / "vault.kdbx").read_bytes()
@@ -236,3 +254,46 @@ def test_damaged_protected_files_are_restored_with_and_without_the_key(tmp_path:
         assert (m.node(0).folder / "vault.kdbx").read_bytes() == secret
     finally:
         m.close()
+
+
+async def test_control_requests_never_crash_the_node_and_verify_stops_when_its_client_goes(
+    tmp_path: Path,
+) -> None:
+    cancelled, started = trio.Event(), trio.Event()
+    calls: list[str] = []
+
+    async def handler(request: dict[str, Any]) -> dict[str, Any]:
+        calls.append(request["cmd"])
+        if request["cmd"] == "boom":
+            raise RuntimeError("a bug")
+        if request["cmd"] == "verify":
+            started.set()
+            try:
+                await trio.sleep_forever()
+            finally:
+                cancelled.set()
+        return {"ok": True}
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.serve, tmp_path, handler)
+        boom = await trio.to_thread.run_sync(control.query, tmp_path, {"cmd": "boom"})
+        assert boom is not None and "internal error" in boom["error"]
+        # The server goes on answering.
+        ok = await trio.to_thread.run_sync(control.query, tmp_path, {"cmd": "status"})
+        assert ok == {"ok": True}
+        # A client asks for a verify and goes away (Ctrl-C): the work stops.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(control.socket_path(tmp_path)))
+            sock.sendall(b'{"cmd": "verify"}\n')
+            with trio.fail_after(10):
+                await started.wait()
+        with trio.fail_after(10):
+            await cancelled.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_verify_waits_for_the_initial_scan(tmp_path: Path) -> None:
+    ma, _ = _pair(tmp_path)
+    node = Node(ma, _config(ma.folder))
+    reply = await node._control({"cmd": "verify"})
+    assert "still starting" in reply["error"]

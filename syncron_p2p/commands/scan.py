@@ -120,8 +120,9 @@ def _verify_report(folder: Path, reply: dict[str, Any]) -> bool:
     if reply["stopped"]:
         typer.echo("stopped before every file was checked (the node is stopping)")
     if not damaged:
-        typer.echo("every checked file holds what its record says")
-        return not reply["unreadable"]
+        if n:
+            typer.echo("every checked file holds what its record says")
+        return not reply["unreadable"] and not reply["stopped"]
     if reply["running"]:
         typer.echo(
             f"{damaged} damaged file(s): the node is restoring them from its peers"
@@ -152,7 +153,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
         """Read every file and compare it with what was recorded; a running node
-        restores damaged files from its peers. Exit code 1 if any is damaged."""
+        restores damaged files from its peers. Exit code 1 if a file is damaged
+        or unreadable, or the check was cut short."""
         root = check_folder(folder)
         reply = control.query(root, {"cmd": "verify"}, timeout=None)
         if reply is None:
@@ -161,7 +163,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"the node running on {folder} refused: {reply.get('error')}")
         if as_json:
             typer.echo(json.dumps(reply))
-            intact = not reply["damaged"] and not reply["unreadable"]
+            intact = not (reply["damaged"] or reply["unreadable"] or reply["stopped"])
         else:
             intact = _verify_report(folder, reply)
         if not intact:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syncron_p2p.crypto.sealed import SealKeys
+from syncron_p2p.crypto.sealed import SealKeys, plain_size
 from syncron_p2p.errors import UnsafePathError
 from syncron_p2p.index.blocks import FileDigest, hash_file
 from syncron_p2p.index.db import Index
@@ -117,12 +117,18 @@ def verify_files(
             result.changed += 1  # a directory became a link: the scanner's business
             continue
         before = _fingerprint(path)
-        if before != rec.fingerprint:
+        sealed_here = rec.sealed and keys is not None  # plaintext on disk
+        size = plain_size(rec.blocks) if sealed_here else rec.size
+        if before != rec.fingerprint or before.size != size:
+            # Edited since the last scan - or kept beside its record, as a
+            # node without the secure key does with a protected file it
+            # cannot seal (its size differs: decay never changes a size).
             result.changed += 1
             continue
         try:
             digest: FileDigest
-            if rec.sealed and keys is not None:
+            if sealed_here:
+                assert keys is not None
                 digest = seal_file(path, keys)[0]
             else:
                 digest = hash_file(path)

@@ -35,6 +35,7 @@ log = logging.getLogger("syncron.control")
 SOCKET_NAME = "control.sock"
 MAX_PATH = 100
 MAX_REQUEST = 4096
+CANCEL_ON_HANGUP = {"verify"}  # requests whose work stops when the client goes away
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -96,11 +97,43 @@ async def _answer(stream: trio.abc.Stream, handler: Handler) -> None:
             request = json.loads(buf.split(b"\n", 1)[0] or b"{}")
             if not isinstance(request, dict):
                 raise ValueError("not an object")
-            reply = await handler(request)
         except ValueError as exc:
             reply = {"error": f"bad request: {exc}"}
+        else:
+            try:
+                if request.get("cmd") in CANCEL_ON_HANGUP:
+                    reply = await _unless_hung_up(stream, handler, request)
+                else:
+                    reply = await handler(request)
+            except Exception as exc:  # a bug answering: the node goes on
+                log.exception("control request %r failed", request.get("cmd"))
+                reply = {"error": f"internal error: {exc}"}
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
+async def _unless_hung_up(
+    stream: trio.abc.Stream, handler: Handler, request: dict[str, Any]
+) -> dict[str, Any]:
+    """Run ``handler``, cancelled if the client goes away meanwhile (a long
+    ``verify`` the user interrupted need not run to its end)."""
+    reply: dict[str, Any] = {"error": "the client went away"}
+
+    async def work() -> None:
+        nonlocal reply
+        reply = await handler(request)
+        nursery.cancel_scope.cancel()
+
+    async def watch() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while await stream.receive_some(MAX_REQUEST):
+                pass  # (nothing more is expected; anything else is ignored)
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work)
+        nursery.start_soon(watch)
+    return reply
 
 
 def query(

@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import os
 import re
+import shutil
 import stat
 import sys
 import threading
@@ -32,7 +34,7 @@ from typing import Any
 import blake3
 
 from syncron_p2p.errors import UnsafePathError
-from syncron_p2p.folder import TMP_DIR
+from syncron_p2p.folder import DAMAGED_DIR, TMP_DIR
 from syncron_p2p.index.records import Block, EntryType, Record, StatFingerprint
 from syncron_p2p.paths import STATE_DIR, safe_join_str
 from syncron_p2p.sync.disk import (
@@ -338,6 +340,30 @@ class RealDisk:
         return self._observed(dst, dest)
 
     # -------------------------------------------------------- durability
+
+    def keep_copy(self, path: str, expect: Observation | None) -> tuple[str, Observation | None]:
+        """Keep the file in ``.syncron/damaged/`` (``<path with / as %>.<n>``):
+        a hard link, or a copy where the filesystem has none (FAT)."""
+        target = self._path(path)
+        kept_dir = self.root / STATE_DIR / DAMAGED_DIR
+        with _failing(f"cannot keep a copy of {path}"):
+            self._check(path, target, expect)
+            kept_dir.mkdir(mode=0o700, exist_ok=True)
+            stem = path.replace("%", "%25").replace("/", "%")
+            for n in itertools.count(1):
+                dest = f"{kept_dir}/{stem}.{n}"
+                if not os.path.lexists(dest):
+                    break
+            self._begin(target)  # (a link changes the file's ctime: our own change)
+            try:
+                os.link(target, dest, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                shutil.copyfile(target, dest, follow_symlinks=False)
+            now = self._observe_at(path, target)
+            self._mine(target, now)
+        return f"{STATE_DIR}/{DAMAGED_DIR}/{stem}.{n}", now
 
     def sync_temps(self, keys: Sequence[str]) -> None:
         todo = [k for k in dict.fromkeys(keys) if k not in self._synced]

@@ -29,12 +29,14 @@ the same peer appears, both ends keep the one dialled by the smaller node id
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
 import os
 import random
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -98,6 +100,7 @@ APPLIED_LINES = 20  # "updated PATH" log lines per second before summarising
 SCAN_STEP = 1024  # records per locked step of a full scan of a big tree
 SCAN_HERE_MAX = 1000  # a folder with fewer entries has its initial scan in-process
 VERIFY_AGAIN = 600.0  # seconds before a failed block read has the same file read again
+VERIFY_QUEUE = 4096  # files waiting for that read, at most
 # An engine that raises (a bug) is rebuilt from the index, up to this many
 # times within ENGINE_FAULT_WINDOW seconds; one more and the node stops.
 ENGINE_FAULTS_MAX = 3
@@ -162,7 +165,10 @@ class Node:
         self.conflicts = 0
         self.scans = 0
         self._verifying = False
-        self._verified_at: dict[str, float] = {}  # path -> when a failed read had it verified
+        # path -> when a failed block read had it verified (oldest first)
+        self._verified_at: OrderedDict[str, float] = OrderedDict()
+        self._verify_queue: dict[str, None] = {}  # paths _verify_loop reads next
+        self._verify_wake = trio.Event()
         self.last_scan: float | None = None
         self._hot: dict[str, float] = {}
         self._dirty: set[str] = set()
@@ -984,6 +990,7 @@ class Node:
             nursery.start_soon(trio.serve_listeners, self._inbound, listeners)
             nursery.start_soon(self._timers)
             nursery.start_soon(self._rescan_loop)
+            nursery.start_soon(self._verify_loop)
             nursery.start_soon(self._periodic_scans)
             if self.config.progress:
                 nursery.start_soon(self._transfer_progress)
@@ -1053,6 +1060,8 @@ class Node:
         if cmd == "revert":
             return {"reverted": await self.revert()}
         if cmd == "verify":
+            if not self.ready.is_set():
+                return {"error": "the node is still starting (its initial scan): try again later"}
             if self._verifying:
                 return {"error": "a verify is already running"}
             self._verifying = True
@@ -1063,30 +1072,43 @@ class Node:
         return {"error": f"unknown command {cmd!r}"}
 
     def _verify_soon(self, paths: tuple[str, ...]) -> None:
-        """Read files a block request found not holding their recorded
-        content (each at most once per VERIFY_AGAIN: a peer asks block by
-        block); a damaged one is restored from peers."""
+        """Have the files a block request found not holding their recorded
+        content read (each at most once per VERIFY_AGAIN: a peer asks block
+        by block); a damaged one is restored from peers (_verify_loop)."""
         now = trio.current_time()
         seen = self._verified_at
-        for path in [p for p, at in seen.items() if now - at >= VERIFY_AGAIN]:
-            del seen[path]
-        fresh = [p for p in paths if p not in seen]
-        if not fresh or self._nursery is None:
-            return
-        for path in fresh:
-            seen[path] = now
-        self._nursery.start_soon(self._verify_paths, fresh)
+        while seen:  # (oldest first)
+            oldest = next(iter(seen))
+            if now - seen[oldest] < VERIFY_AGAIN:
+                break
+            del seen[oldest]
+        for path in paths:
+            if path not in seen and len(self._verify_queue) < VERIFY_QUEUE:
+                seen[path] = now
+                self._verify_queue[path] = None
+        if self._verify_queue:
+            self._verify_wake.set()
 
-    async def _verify_paths(self, paths: list[str]) -> None:
-        async with self.lock:
-            records = await trio.to_thread.run_sync(
-                lambda: to_verify(r for p in paths if (r := self.index.get(p)) is not None)
-            )
-        await self._verify_records(records)
+    async def _verify_loop(self) -> None:
+        """One reader for the files _verify_soon queued, a few at a time."""
+        while True:
+            await self._verify_wake.wait()
+            self._verify_wake = trio.Event()
+            while self._verify_queue:
+                paths = list(itertools.islice(self._verify_queue, 64))
+                for path in paths:
+                    del self._verify_queue[path]
+                async with self.lock:
+                    records = await trio.to_thread.run_sync(self._records_of, paths)
+                await self._verify_records(to_verify(records))
+
+    def _records_of(self, paths: list[str]) -> list[Record]:
+        return [r for p in paths if (r := self.index.get(p)) is not None]
 
     async def _verify_records(self, records: list[Record]) -> VerifyResult:
-        """Read ``records``' files (without the lock); report the damaged ones
-        to the engine, which restores them from peers."""
+        """Read ``records``' files (without the lock; abandoned if the node
+        stops, it only reads) and report the damaged ones to the engine,
+        which restores them from peers."""
         result = await trio.to_thread.run_sync(
             functools.partial(
                 verify_files,
@@ -1094,7 +1116,8 @@ class Node:
                 records,
                 self.scanner.keys,
                 stop=lambda: self._stopping,
-            )
+            ),
+            abandon_on_cancel=True,
         )
         if result.damaged and not self._stopping:  # (the engine logs each)
             await self.feed(Damaged(tuple(result.damaged)))

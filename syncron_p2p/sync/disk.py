@@ -106,6 +106,14 @@ class Disk(Protocol):
     def move(self, src: str, dst: str, expect: Observation | None) -> Observation:
         """Rename ``src`` (still ``expect``) to ``dst``, which must not exist."""
 
+    def keep_copy(self, path: str, expect: Observation | None) -> tuple[str, Observation | None]:
+        """Keep the file at ``path`` (still ``expect``) where its owner can get
+        it back and nothing syncs it (the node's state directory), before it
+        is replaced. Returns where it is kept (for the log) and what is at
+        ``path`` now: keeping may change the file's metadata (a hard link
+        changes its ctime), never its content.
+        """
+
     def sync_temps(self, keys: Sequence[str]) -> None:
         """Make the contents of these temps durable (before they are installed).
 

@@ -137,6 +137,9 @@ READY_DELAY = 0.1
 # files keep many requests in flight, big blocks a few megabytes' worth.
 WINDOW_BYTES = 8 * 1024 * 1024
 RECORDS_PAGE = 256
+# Damaged files whose repair starts per call: each reads its file to reuse
+# what is intact, in the engine's thread.
+REPAIRS_PER_CALL = 16
 PAGE_BYTES = 512 * 1024
 # One-block files up to this size travel inside Records (feature
 # "inline-content"): no block round trip per small file. Received content
@@ -1217,6 +1220,11 @@ class Engine:
             self.retry[job.remote.path] = (self._now, job.remote, job.origin_peer)
             return
         try:
+            if job.repair and expect is not None:
+                # What the repair replaces was judged damaged by its metadata
+                # alone: keep it (out of sync's sight) in case it was an edit.
+                where, expect = self.disk.keep_copy(path, expect)
+                self._notice("damaged", path, f"the replaced bytes are kept as {where}")
             if job.move_local_to is not None and expect is not None:
                 # A sealed object must authenticate before the local file moves.
                 verify = getattr(self.disk, "verify_temp", None)
@@ -1593,9 +1601,9 @@ class Engine:
 
     def _start_repairs(self) -> None:
         active = self._active()
-        if not active:
+        if not active or len(self.jobs) >= MAX_ACTIVE_JOBS:
             return
-        for path, rec in list(self._repairs.items()):
+        for path, rec in list(itertools.islice(self._repairs.items(), REPAIRS_PER_CALL)):
             if len(self.jobs) >= MAX_ACTIVE_JOBS:
                 break
             del self._repairs[path]

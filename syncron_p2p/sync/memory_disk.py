@@ -34,6 +34,8 @@ from syncron_p2p.sync.disk import (
     ParentNotDirectory,
 )
 
+KEPT_PREFIX = ".syncron/damaged/"
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -63,6 +65,7 @@ class MemoryDisk:
         self.temps: dict[str, bytearray] = {}
         self._clock = 0
         self.writes_outside: list[str] = []  # for invariant checks; must stay empty
+        self.kept: list[tuple[str, bytes]] = []  # (path, content) given to keep_copy
         self.temp_syncs = 0  # sync_temps calls (one per install batch)
         self.synced_temps = 0  # temps they covered
 
@@ -314,6 +317,15 @@ class MemoryDisk:
         for p in [p for p in self.entries if p == src or p.startswith(src + "/")]:
             self.entries[dst + p[len(src) :]] = self.entries.pop(p)
         return self.observe(dst)  # type: ignore[return-value]
+
+    def keep_copy(self, path: str, expect: Observation | None) -> tuple[str, Observation | None]:
+        self._guard(path)
+        self._check(path, expect)
+        entry = self.entries.get(path)
+        if entry is None or entry.type != EntryType.FILE:
+            raise LocalChanged(f"{path} is not a file")
+        self.kept.append((path, entry.data))
+        return f"{KEPT_PREFIX}{len(self.kept)}", self.observe(path)
 
     def sync_temps(self, keys: Sequence[str]) -> None:
         self.temp_syncs += 1
