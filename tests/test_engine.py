@@ -386,3 +386,38 @@ def test_a_damaged_file_no_peer_can_restore_stays_as_it_is() -> None:
     after = net.node(1).index.get("a.bin")
     assert after is not None and after.version == rec.version
     assert any(n.kind == "damaged" and "stays damaged" in n.detail for n in net.node(1).notices)
+
+
+def test_a_repair_on_a_receive_only_node_publishes_nothing() -> None:
+    # A receive-only node's private copy of a synced file (never published)
+    # rots and is repaired from the synced original's blocks: the copy must
+    # stay private - nor may its own conflict copies ever travel.
+    from syncron_p2p.config import Role
+
+    net = MeshNet(3, seed=25, roles={1: Role.RECEIVE_ONLY})
+    net.connect_all()
+    data = big(25, 400_000)
+    net.edit(0, lambda d: d.write("photo.jpg", data))
+    net.run()
+    net.edit(1, lambda d: d.write("private/copy.jpg", data))
+    net.run()
+    assert "private/copy.jpg" not in net.files(0)
+    rec = net.node(1).index.get("private/copy.jpg")
+    assert rec is not None
+    _damage(net, 1, "private/copy.jpg", b"z" * 400_000)
+    net._feed("node1", Damaged((rec,)))
+    net.run()
+    assert net.files(1)["private/copy.jpg"] == data
+    assert net.node(1).engine.stats["repaired"] == 1
+    for i in (0, 2):
+        assert "private/copy.jpg" not in net.files(i)
+        assert net.node(i).index.get("private/copy.jpg") is None
+    # A local edit that conflicts with the mesh: its copy stays private too,
+    # with more than one peer (not only the one the conflict came from).
+    net.edit(1, lambda d: d.write("photo.jpg", b"a private tweak"))
+    net.edit(0, lambda d: d.write("photo.jpg", b"the mesh moves on"))
+    net.run()
+    assert net.files(1)["photo.jpg"] == b"the mesh moves on"
+    assert b"a private tweak" in net.files(1).values()
+    for i in (0, 2):
+        assert b"a private tweak" not in net.files(i).values()

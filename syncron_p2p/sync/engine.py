@@ -1470,7 +1470,9 @@ class Engine:
         if self.timing.eager_push and any(
             p != exclude and s.session.active for p, s in self.peers.items()
         ):
-            self._outbox.extend((rec, exclude) for rec in records)
+            # (A receive-only node's own records - its edits, their conflict
+            # copies, a repaired copy of one - never leave it.)
+            self._outbox.extend((rec, exclude) for rec in records if not self._unpublished(rec))
 
     def _flush_announcements(self) -> None:
         outbox, self._outbox = self._outbox, []
