@@ -203,6 +203,9 @@ def test_keep_copy_keeps_the_bytes_and_the_file_can_still_be_replaced(tmp_path: 
         assert before is not None
         where, now = disk.keep_copy("d/x", before)
         assert where.startswith(".syncron/damaged/")
+        # The file is left exactly as it was (a hard link would change its
+        # ctime: a repair failing next would leave it looking edited).
+        assert now == before == disk.observe("d/x")
         disk.temp_write(key, 0, fresh)
         disk.install_file("d/x", key, len(fresh), 0o644, now)
     assert mem.kept == [("d/x", content)]
@@ -218,3 +221,14 @@ def test_keep_copy_keeps_the_bytes_and_the_file_can_still_be_replaced(tmp_path: 
     with pytest.raises(LocalChanged):
         real.keep_copy("d/x", stale)
     assert not (tmp_path / ".syncron" / "damaged" / "d%x.3").exists()
+
+
+def test_keep_copy_of_a_file_with_a_long_path(tmp_path: Path) -> None:
+    deep = "/".join(["d" * 60] * 5) + "/notes.txt"  # its flattened name: > 255 bytes
+    (tmp_path / deep).parent.mkdir(parents=True)
+    (tmp_path / deep).write_bytes(b"content")
+    disk = RealDisk(tmp_path)
+    where, now = disk.keep_copy(deep, disk.observe(deep))
+    assert where.endswith(".txt.1") and len(where.rsplit("/", 1)[1]) < 64
+    assert (tmp_path / where).read_bytes() == b"content"
+    assert now == disk.observe(deep)

@@ -19,11 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from securemesh import SecureMesh
 from test_node_parts import _config, _pair, _start_pair, until
 
 from syncron_p2p.crypto.sealed import SealKeys
+from syncron_p2p.errors import InternalError
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.records import StatFingerprint
 from syncron_p2p.index.scanner import Scanner
@@ -278,6 +280,7 @@ async def test_control_requests_never_crash_the_node_and_verify_stops_when_its_c
         await nursery.start(control.serve, tmp_path, handler)
         boom = await trio.to_thread.run_sync(control.query, tmp_path, {"cmd": "boom"})
         assert boom is not None and "internal error" in boom["error"]
+        assert calls == ["boom"]
         # The server goes on answering.
         ok = await trio.to_thread.run_sync(control.query, tmp_path, {"cmd": "status"})
         assert ok == {"ok": True}
@@ -297,3 +300,21 @@ async def test_verify_waits_for_the_initial_scan(tmp_path: Path) -> None:
     node = Node(ma, _config(ma.folder))
     reply = await node._control({"cmd": "verify"})
     assert "still starting" in reply["error"]
+
+
+@pytest.mark.parametrize("cmd", ["verify", "status"])  # (with and without hang-up watching)
+async def test_an_engine_that_must_stop_the_node_still_does_from_a_control_request(
+    tmp_path: Path, cmd: str
+) -> None:
+    # The runner raises InternalError when the engine failed too often; if
+    # that happens while answering a request (a verify feeding Damaged), the
+    # node must stop, not answer "internal error" and go on.
+    async def handler(request: dict[str, Any]) -> dict[str, Any]:
+        raise InternalError("the sync engine failed 4 times in 600 s")
+
+    with pytest.raises(BaseExceptionGroup) as raised:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(control.serve, tmp_path, handler)
+            reply = await trio.to_thread.run_sync(control.query, tmp_path, {"cmd": cmd})
+            assert reply is None  # no answer: the server is gone
+    assert raised.group_contains(InternalError)

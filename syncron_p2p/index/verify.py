@@ -116,6 +116,9 @@ def verify_files(
         except UnsafePathError:
             result.changed += 1  # a directory became a link: the scanner's business
             continue
+        except OSError as exc:  # (a directory on the way cannot be read)
+            result.unreadable.append((rec.path, exc.strerror or str(exc)))
+            continue
         before = _fingerprint(path)
         sealed_here = rec.sealed and keys is not None  # plaintext on disk
         size = plain_size(rec.blocks) if sealed_here else rec.size

@@ -27,7 +27,7 @@ from typing import Any
 import blake3
 import trio
 
-from syncron_p2p.errors import UsageError
+from syncron_p2p.errors import InternalError, UsageError
 from syncron_p2p.paths import STATE_DIR
 
 log = logging.getLogger("syncron.control")
@@ -105,6 +105,8 @@ async def _answer(stream: trio.abc.Stream, handler: Handler) -> None:
                     reply = await _unless_hung_up(stream, handler, request)
                 else:
                     reply = await handler(request)
+            except InternalError:
+                raise  # the engine failed too often: the node must stop (runner)
             except Exception as exc:  # a bug answering: the node goes on
                 log.exception("control request %r failed", request.get("cmd"))
                 reply = {"error": f"internal error: {exc}"}
@@ -118,10 +120,14 @@ async def _unless_hung_up(
     """Run ``handler``, cancelled if the client goes away meanwhile (a long
     ``verify`` the user interrupted need not run to its end)."""
     reply: dict[str, Any] = {"error": "the client went away"}
+    failed: Exception | None = None
 
     async def work() -> None:
-        nonlocal reply
-        reply = await handler(request)
+        nonlocal reply, failed
+        try:
+            reply = await handler(request)
+        except Exception as exc:  # (raised below as it is, not in a group)
+            failed = exc
         nursery.cancel_scope.cancel()
 
     async def watch() -> None:
@@ -133,6 +139,8 @@ async def _unless_hung_up(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(work)
         nursery.start_soon(watch)
+    if failed is not None:
+        raise failed
     return reply
 
 

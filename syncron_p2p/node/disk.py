@@ -342,27 +342,41 @@ class RealDisk:
     # -------------------------------------------------------- durability
 
     def keep_copy(self, path: str, expect: Observation | None) -> tuple[str, Observation | None]:
-        """Keep the file in ``.syncron/damaged/`` (``<path with / as %>.<n>``):
-        a hard link, or a copy where the filesystem has none (FAT)."""
+        """Copy the file into ``.syncron/damaged/`` (``<path, / as %>.<n>``, or
+        a hash of the path when that name would be too long).
+
+        A copy, not a hard link: reading leaves the file's fingerprint as it
+        is (a link changes its ctime, and a repair that then failed would
+        leave the damaged file looking edited - the next scan would publish
+        it). The kernel copies (``copy_file_range``/``sendfile``).
+        """
         target = self._path(path)
         kept_dir = self.root / STATE_DIR / DAMAGED_DIR
         with _failing(f"cannot keep a copy of {path}"):
             self._check(path, target, expect)
             kept_dir.mkdir(mode=0o700, exist_ok=True)
             stem = path.replace("%", "%25").replace("/", "%")
+            if len(os.fsencode(stem)) > KEPT_NAME_MAX:
+                ext = os.path.splitext(path)[1]
+                ext = ext if len(os.fsencode(ext)) <= 16 else ""
+                stem = blake3.blake3(os.fsencode(path)).hexdigest(length=16) + ext
             for n in itertools.count(1):
                 dest = f"{kept_dir}/{stem}.{n}"
-                if not os.path.lexists(dest):
-                    break
-            self._begin(target)  # (a link changes the file's ctime: our own change)
+                try:
+                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
+                except FileExistsError:
+                    continue
+                os.close(fd)
+                break
             try:
-                os.link(target, dest, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
-                    raise
                 shutil.copyfile(target, dest, follow_symlinks=False)
-            now = self._observe_at(path, target)
-            self._mine(target, now)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(dest)
+                raise
+            now = self._check(path, target, expect)  # (an edit while we copied: not ours)
+        if now is None:
+            raise LocalChanged(f"{path} is gone")
         return f"{STATE_DIR}/{DAMAGED_DIR}/{stem}.{n}", now
 
     def sync_temps(self, keys: Sequence[str]) -> None:
@@ -566,6 +580,7 @@ _SYNC_FILE_RANGE = _linux_libc(
     "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
 )
 _SYNC_FILE_RANGE_WRITE = 2
+KEPT_NAME_MAX = 200  # bytes of a kept copy's name (file systems allow 255)
 WRITEBACK_MIN = 64 * 1024  # smaller temps: one flush per batch is cheaper than a call each
 
 

@@ -169,6 +169,7 @@ class Node:
         self._verified_at: OrderedDict[str, float] = OrderedDict()
         self._verify_queue: dict[str, None] = {}  # paths _verify_loop reads next
         self._verify_wake = trio.Event()
+        self._verify_limiter = trio.CapacityLimiter(1)
         self.last_scan: float | None = None
         self._hot: dict[str, float] = {}
         self._dirty: set[str] = set()
@@ -1098,9 +1099,12 @@ class Node:
                 paths = list(itertools.islice(self._verify_queue, 64))
                 for path in paths:
                     del self._verify_queue[path]
-                async with self.lock:
-                    records = await trio.to_thread.run_sync(self._records_of, paths)
-                await self._verify_records(to_verify(records))
+                try:
+                    async with self.lock:
+                        records = await trio.to_thread.run_sync(self._records_of, paths)
+                    await self._verify_records(to_verify(records))
+                except Exception:  # (a bug here must not stop the node)
+                    log.exception("could not read %d file(s) a peer asked for", len(paths))
 
     def _records_of(self, paths: list[str]) -> list[Record]:
         return [r for p in paths if (r := self.index.get(p)) is not None]
@@ -1109,16 +1113,23 @@ class Node:
         """Read ``records``' files (without the lock; abandoned if the node
         stops, it only reads) and report the damaged ones to the engine,
         which restores them from peers."""
-        result = await trio.to_thread.run_sync(
-            functools.partial(
-                verify_files,
-                self.folder,
-                records,
-                self.scanner.keys,
-                stop=lambda: self._stopping,
-            ),
-            abandon_on_cancel=True,
-        )
+        halt = False  # cancelled (the node stopping, the client gone)
+        try:
+            result = await trio.to_thread.run_sync(
+                functools.partial(
+                    verify_files,
+                    self.folder,
+                    records,
+                    self.scanner.keys,
+                    stop=lambda: self._stopping or halt,
+                ),
+                abandon_on_cancel=True,
+                # its own: a read abandoned mid-file holds a token until that
+                # file is done, never one of the engine's
+                limiter=self._verify_limiter,
+            )
+        finally:
+            halt = True
         if result.damaged and not self._stopping:  # (the engine logs each)
             await self.feed(Damaged(tuple(result.damaged)))
         return result
