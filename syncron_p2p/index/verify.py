@@ -30,6 +30,7 @@ from syncron_p2p.errors import UnsafePathError
 from syncron_p2p.index.blocks import FileDigest, hash_file
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.records import EntryType, Record, StatFingerprint
+from syncron_p2p.index.scanner import fingerprint, seal_file
 from syncron_p2p.paths import safe_join_str
 
 
@@ -91,7 +92,6 @@ def verify_files(
     keys: SealKeys | None = None,
     *,
     stop: Callable[[], bool] | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyResult:
     """Read each recorded file of ``records`` and compare it with its record.
 
@@ -100,9 +100,6 @@ def verify_files(
     object). ``stop`` is asked between files (a node stopping). Touches
     nothing: reads only.
     """
-    # (imported here: the scanner module is big, and only sealing needs it)
-    from syncron_p2p.index.scanner import seal_file
-
     result = VerifyResult()
     root = str(folder)
     for rec in records:
@@ -145,8 +142,6 @@ def verify_files(
         result.checked_bytes += before.size
         if digest.content_hash != rec.content_hash:
             result.damaged.append(rec)
-        if progress is not None:
-            progress(result.checked, result.checked_bytes)
     return result
 
 
@@ -155,6 +150,4 @@ def _fingerprint(path: str) -> StatFingerprint | None:
         st = os.lstat(path)
     except OSError:
         return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    return StatFingerprint(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    return fingerprint(st) if stat.S_ISREG(st.st_mode) else None

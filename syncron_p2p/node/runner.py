@@ -1103,6 +1103,8 @@ class Node:
                     async with self.lock:
                         records = await trio.to_thread.run_sync(self._records_of, paths)
                     await self._verify_records(to_verify(records))
+                except InternalError:
+                    raise  # (the engine failed too often: the node stops)
                 except Exception:  # (a bug here must not stop the node)
                     log.exception("could not read %d file(s) a peer asked for", len(paths))
 

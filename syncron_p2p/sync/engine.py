@@ -137,7 +137,7 @@ READY_DELAY = 0.1
 # files keep many requests in flight, big blocks a few megabytes' worth.
 WINDOW_BYTES = 8 * 1024 * 1024
 RECORDS_PAGE = 256
-# Damaged files whose repair starts per call: each reads its file to reuse
+# Damaged files whose repairs start at a time: each reads its file to reuse
 # what is intact, in the engine's thread.
 REPAIRS_PER_CALL = 16
 PAGE_BYTES = 512 * 1024
@@ -1612,7 +1612,7 @@ class Engine:
             if path in self.jobs or path in self.queue or path in self.deletes:
                 continue  # a newer version replaces the file anyway
             local = self.store.get(path)
-            if not _same_state(local, rec) or local is None:
+            if local is None or not _same_state(local, rec):
                 continue
             job = Job(local, expectation(local), local, local, sorted(active), repair=True)
             self._prepare(job, local)
