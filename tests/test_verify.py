@@ -26,10 +26,11 @@ from test_node_parts import _config, _pair, _start_pair, until
 
 from syncron_p2p.crypto.sealed import SealKeys
 from syncron_p2p.errors import InternalError
+from syncron_p2p.index.blocks import hash_file
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.records import StatFingerprint
 from syncron_p2p.index.scanner import Scanner
-from syncron_p2p.index.verify import page_after, to_verify, verify_files
+from syncron_p2p.index.verify import content_hash, page_after, to_verify, verify_files
 from syncron_p2p.mesh import Mesh
 from syncron_p2p.node import control
 from syncron_p2p.node.runner import Node
@@ -64,6 +65,16 @@ def _scanned(folder: Path, files: dict[str, bytes], key: bytes | None = None) ->
     index = Index.open(folder, "NODE")
     Scanner(folder, index, secure_key=key).scan()
     return index
+
+
+def test_verify_hashes_content_as_the_scanner_records_it(tmp_path: Path) -> None:
+    rnd = random.Random(5)
+    for size in (0, 1, 65_535, 65_536, 4 * 2**20 + 1, 11 * 2**20):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(rnd.randbytes(size))
+        recorded = hash_file(path)
+        assert content_hash(str(path)) == recorded.content_hash, size
+        assert size < 2**20 or len(recorded.blocks) > 1  # (the many-block case is covered)
 
 
 def test_verify_tells_damage_from_edits(tmp_path: Path) -> None:
