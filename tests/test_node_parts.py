@@ -588,6 +588,39 @@ async def test_an_engine_that_keeps_failing_stops_the_node_with_a_clear_error(
         await a.stop()
 
 
+async def _write_after_initial_scan_then_join(
+    monkeypatch: pytest.MonkeyPatch,
+    ma: Mesh,
+    mb: Mesh,
+    port: int,
+    rel: str,
+    text: str,
+) -> None:
+    """Start a on ``ma`` (at ``port``; 0: any) writing ``text`` to ``rel`` right
+    after its initial scan, before it serves; then b dialling it. Returns once
+    b holds ``text`` at ``rel`` (20 s at most)."""
+    initial_scan = Node._initial_scan
+
+    async def scan_then_write(self: Node) -> None:
+        await initial_scan(self)
+        (self.folder / rel).write_text(text)
+        await trio.sleep(0.5)  # (the write's event, if anything watches)
+
+    monkeypatch.setattr(Node, "_initial_scan", scan_then_write)
+    async with trio.open_nursery() as nursery:
+        a = Node(Mesh.load(ma.folder), _config(ma.folder, port))
+        await nursery.start(a.run)
+        monkeypatch.setattr(Node, "_initial_scan", initial_scan)
+        assert a.listen_address is not None
+        peers = [("127.0.0.1", a.listen_address[1])]
+        b = Node(Mesh.load(mb.folder), _config(mb.folder, peers=peers))
+        await nursery.start(b.run)
+        target = mb.folder / rel
+        await until(lambda: target.exists() and target.read_text() == text, 20)
+        await a.stop()
+        await b.stop()
+
+
 async def test_an_edit_made_while_a_restarted_node_scans_is_not_missed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -603,24 +636,9 @@ async def test_an_edit_made_while_a_restarted_node_scans_is_not_missed(
         await until((mb.folder / "notes.txt").exists, 20)  # b asks for nothing later
         await a.stop()
         await b.stop()
-    initial_scan = Node._initial_scan
-
-    async def scan_then_edit(self: Node) -> None:
-        await initial_scan(self)
-        (self.folder / "notes.txt").write_text("edited while the node started")
-        await trio.sleep(0.5)  # (the edit's event, if anything watches)
-
-    monkeypatch.setattr(Node, "_initial_scan", scan_then_edit)
-    a = Node(Mesh.load(ma.folder), _config(ma.folder, port))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
-        monkeypatch.setattr(Node, "_initial_scan", initial_scan)
-        b = Node(Mesh.load(mb.folder), _config(mb.folder, peers=[("127.0.0.1", port)]))
-        await nursery.start(b.run)
-        edited = mb.folder / "notes.txt"
-        await until(lambda: edited.exists() and "edited" in edited.read_text(), 20)
-        await a.stop()
-        await b.stop()
+    await _write_after_initial_scan_then_join(
+        monkeypatch, ma, mb, port, "notes.txt", "edited while the node started"
+    )
 
 
 async def test_a_file_made_while_a_node_first_scans_is_not_missed(
@@ -632,24 +650,9 @@ async def test_a_file_made_while_a_node_first_scans_is_not_missed(
     # new file: nobody asks for it, so no failed block read finds it either.)
     ma, mb = _pair(tmp_path)
     (ma.folder / "notes.txt").write_text("first")
-    initial_scan = Node._initial_scan
-
-    async def scan_then_edit(self: Node) -> None:
-        await initial_scan(self)
-        (self.folder / "later.txt").write_text("made while the node started")
-        await trio.sleep(0.5)
-
-    monkeypatch.setattr(Node, "_initial_scan", scan_then_edit)
-    async with trio.open_nursery() as nursery:
-        a = Node(ma, _config(ma.folder))
-        await nursery.start(a.run)
-        monkeypatch.setattr(Node, "_initial_scan", initial_scan)
-        assert a.listen_address is not None
-        b = Node(mb, _config(mb.folder, peers=[("127.0.0.1", a.listen_address[1])]))
-        await nursery.start(b.run)
-        await until((mb.folder / "later.txt").exists, 20)
-        await a.stop()
-        await b.stop()
+    await _write_after_initial_scan_then_join(
+        monkeypatch, ma, mb, 0, "later.txt", "made while the node started"
+    )
 
 
 async def test_a_file_the_user_makes_and_deletes_where_the_node_deleted_one_is_seen_deleted(
