@@ -15,6 +15,7 @@ from typing import Protocol
 
 import blake3
 
+from syncron_p2p.folder import DAMAGED_DIR
 from syncron_p2p.index.blocks import chunk_bytes
 from syncron_p2p.index.forgotten import history
 from syncron_p2p.index.records import (
@@ -25,7 +26,7 @@ from syncron_p2p.index.records import (
     mint,
     tombstone,
 )
-from syncron_p2p.paths import parent, validate
+from syncron_p2p.paths import STATE_DIR, parent, validate
 from syncron_p2p.sync.disk import (
     DiskFailure,
     LocalChanged,
@@ -34,7 +35,7 @@ from syncron_p2p.sync.disk import (
     ParentNotDirectory,
 )
 
-KEPT_PREFIX = ".syncron/damaged/"
+KEPT_PREFIX = f"{STATE_DIR}/{DAMAGED_DIR}/"  # (where RealDisk keeps them too)
 
 
 @dataclass(slots=True)
