@@ -14,17 +14,20 @@ Each initial sync is repeated (``--repeat``, default 3), the two tools
 alternating in going first, each from a flushed page cache; the ratio
 reported is the median of the rounds' ratios.
 
-Three more references per round, because the tools do not promise the same
+Four more references per round, because the tools do not promise the same
 thing. rsync returns with the copy in the page cache; a node installs a file
 only once it is on disk (fsync before rename). So each round also times (a)
 **rsync then syncfs**: rsync's run plus the flush of its copy, i.e. until
 rsync's copy is on disk (though not in order: a crash part-way can leave
 renamed files without their data); (b) **rsync --fsync**, rsync's own mode
-with our guarantee (each file flushed before its rename); and (c) the
+with our guarantee (each file flushed before its rename); (c) the
 **durable-copy floor**: a bare local loop, no network, no encryption, no
 hashing, that copies each source file to a temp, flushes every 256 files
 (``syncfs``, as the engine does) and renames them into place: what any
-receiver that makes files durable before showing them pays on this disk. The
+receiver that makes files durable before showing them pays on this disk; and
+(d) the **minimal receiver** (``minimal.py``): two processes doing only the
+mandated work - the channel's cipher both ways, a hash check per file, a
+durable install - spread over threads, with no protocol or index at all. The
 ratio against plain rsync is the issue's target; the others say where the
 time goes.
 
@@ -65,6 +68,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from minimal import minimal_receiver, tree_digests, tree_files
 
 from syncron_p2p.node import control
 from syncron_p2p.node.disk import _SYNCFS, _syncfs
@@ -245,6 +250,14 @@ def _one_rsync_fsync(name: str, daemon: RsyncDaemon, work: Path, k: int) -> floa
     return daemon.pull(r_dir, "--fsync")[0]
 
 
+def _one_minimal(name: str, src: Path, work: Path, k: int) -> float:
+    """The smallest receiver with our guarantees (``minimal.py``) into an empty folder."""
+    files = tree_files(src)
+    digests = tree_digests(src, files)
+    settle()
+    return minimal_receiver(src, len(files), digests, work / f"{name}-minimal{k}")[0]
+
+
 def durable_copy(src: Path, dest: Path) -> float:
     """The floor: copy ``src`` to ``dest`` making each file durable before it is
     renamed into place, flushing every 256 files; seconds."""
@@ -324,6 +337,7 @@ def initial_sync(name: str, src: Path, work: Path, repeat: int) -> None:
             b.stop()  # (its folder and rsync's stay until the end: see the module doc)
             floor = durable_copy(src, work / f"{name}-floor{k}")
             r_fsync = _one_rsync_fsync(name, daemon, work, k)
+            minimal = _one_minimal(name, src, work, k)
             rounds.append(
                 {
                     "syncron_s": round(ours, 2),
@@ -331,10 +345,13 @@ def initial_sync(name: str, src: Path, work: Path, repeat: int) -> None:
                     "rsync_then_syncfs_s": round(r_durable, 2),
                     "durable_copy_floor_s": round(floor, 2),
                     "rsync_fsync_s": round(r_fsync, 2),
+                    "minimal_receiver_s": round(minimal, 2),
                     "ratio": round(ours / r_time, 2),
                     "ratio_to_durable_rsync": round(ours / r_durable, 2),
                     "ratio_to_rsync_fsync": round(ours / r_fsync, 2),
                     "ratio_to_floor": round(ours / floor, 2),
+                    "ratio_to_minimal": round(ours / minimal, 2),
+                    "minimal_ratio": round(minimal / r_time, 2),
                     "rsync_ratio_to_floor": round(r_time / floor, 2),
                     "syncron_wire_mib": round(ours_bytes / 2**20, 1),
                     "rsync_wire_mib": round(r_bytes / 2**20, 1),
@@ -358,6 +375,8 @@ def initial_sync(name: str, src: Path, work: Path, repeat: int) -> None:
                 "ratio_to_durable_rsync_median": median("ratio_to_durable_rsync"),
                 "ratio_to_rsync_fsync_median": median("ratio_to_rsync_fsync"),
                 "ratio_to_floor_median": median("ratio_to_floor"),
+                "ratio_to_minimal_median": median("ratio_to_minimal"),
+                "minimal_ratio_median": median("minimal_ratio"),
                 "rsync_ratio_to_floor_median": median("rsync_ratio_to_floor"),
                 "rounds": rounds,
                 "small_change_syncron_median_s": round(latencies[len(latencies) // 2], 3),
