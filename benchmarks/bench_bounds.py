@@ -22,7 +22,8 @@ flushed page cache:
 Once per tree: the cipher's and the hash's throughput on this machine (one
 core, files of the tree's average size).
 
-Ratios are against the same round's rsync; the summary gives their medians.
+The four take turns going first (round k starts with the k-th). Ratios are
+against the same round's rsync; the summary gives their medians.
 The scratch folder is kept (``--scratch``), nothing is deleted between
 rounds (see ``bench_sync.py`` on deletions), everything at the end.
 
@@ -33,23 +34,25 @@ Run: ``python benchmarks/bench_bounds.py [--scratch DIR] [--big-mib 1024]
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import random
 import shutil
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench_sync import RsyncDaemon, durable_copy, make_count, make_tree, settle
-from minimal import minimal_receiver, pipelined_floor, primitives, tree_digests, tree_files
+from minimal import minimal_receiver, pipelined_floor, primitives, tree_entries, tree_files
 
 
 def bounds(name: str, src: Path, work_root: Path, rounds: int) -> None:
     """All measurements for the tree at ``src``, ``rounds`` times."""
     files = tree_files(src)
     total = sum((src / f).stat().st_size for f in files)
-    digests = tree_digests(src, files)
+    entries = tree_entries(src, files)
     prims = primitives(total // len(files), min(total, 256 * 2**20))
     print(json.dumps({"measure": f"{name}: primitives, one core", **prims}), flush=True)
     daemon = RsyncDaemon(src, work_root)
@@ -58,15 +61,19 @@ def bounds(name: str, src: Path, work_root: Path, rounds: int) -> None:
         for k in range(rounds):
             work = work_root / f"{name}-round{k}"
             work.mkdir()
-            settle()
-            rsync_s = daemon.pull(work / "rsync")[0]
-            serial = durable_copy(src, work / "serial")
-            settle()
-            piped = pipelined_floor(src, files, work / "pipelined")
-            settle()
-            minimal, cpu_recv, cpu_send = minimal_receiver(
-                src, len(files), digests, work / "minimal"
-            )
+            got: dict[str, Any] = {}
+            steps: list[tuple[str, Callable[[], Any]]] = [
+                ("rsync", lambda w=work: daemon.pull(w / "rsync")[0]),
+                ("serial", lambda w=work: durable_copy(src, w / "serial")),
+                ("piped", lambda w=work: pipelined_floor(src, files, w / "pipelined")),
+                ("minimal", lambda w=work: minimal_receiver(src, entries, w / "minimal")),
+            ]
+            shift = k % len(steps)  # each measurement takes each place in turn
+            for what, run in steps[shift:] + steps[:shift]:
+                settle()
+                got[what] = run()
+            rsync_s, serial, piped = got["rsync"], got["serial"], got["piped"]
+            minimal, cpu_recv, cpu_send = got["minimal"]
             for what, value in (
                 ("serial_floor", serial),
                 ("pipelined_floor", piped),
@@ -105,6 +112,7 @@ def main() -> None:
         sys.exit("rsync is not installed (apt-get install rsync)")
     if args.scratch.exists():
         sys.exit(f"{args.scratch} exists: remove it and wait a few minutes (see bench_sync.py)")
+    compileall.compile_dir(Path(__file__).parent, quiet=1)  # (see bench_sync.py)
     rnd = random.Random(7)  # the trees bench_sync.py makes
     try:
         if args.only in (None, "big"):

@@ -69,7 +69,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from minimal import minimal_receiver, tree_digests, tree_files
+from minimal import minimal_receiver, tree_entries, tree_files
 
 from syncron_p2p.node import control
 from syncron_p2p.node.disk import _SYNCFS, _syncfs
@@ -252,10 +252,9 @@ def _one_rsync_fsync(name: str, daemon: RsyncDaemon, work: Path, k: int) -> floa
 
 def _one_minimal(name: str, src: Path, work: Path, k: int) -> float:
     """The smallest receiver with our guarantees (``minimal.py``) into an empty folder."""
-    files = tree_files(src)
-    digests = tree_digests(src, files)
+    entries = tree_entries(src, tree_files(src))
     settle()
-    return minimal_receiver(src, len(files), digests, work / f"{name}-minimal{k}")[0]
+    return minimal_receiver(src, entries, work / f"{name}-minimal{k}")[0]
 
 
 def durable_copy(src: Path, dest: Path) -> float:
