@@ -1,8 +1,9 @@
 """The smallest receiver with issue 4's guarantees: a benchmark reference.
 
 Two processes over TCP on 127.0.0.1. The sender reads each file of a tree
-and sends it encrypted as the channel does: ChaCha20-Poly1305 (PyNaCl's
-libsodium) in messages of at most 65,519 bytes of plaintext (Noise's
+and sends it encrypted as the channel does: with the cipher a node picks
+(AES-256-GCM where libsodium runs it in hardware, else ChaCha20-Poly1305;
+PyNaCl's libsodium), in messages of at most 65,519 bytes of plaintext (Noise's
 limit), the file's name, size and blake3 hash authenticated with its first
 message (the hash comes from a list made before the timing, as a node's
 comes from its index). The receiver decrypts each file, checks its hash,
@@ -46,7 +47,19 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import nacl.bindings  # (initialises libsodium)
 from nacl._sodium import ffi, lib  # (PyNaCl's own libsodium binding)
+
+# The channel's cipher as a node picks it (syncron_p2p/crypto/noise.py):
+# AES-256-GCM where libsodium runs it in hardware, else ChaCha20-Poly1305.
+nacl.bindings.sodium_init()
+if getattr(lib, "crypto_aead_aes256gcm_is_available", lambda: 0)() == 1:
+    CIPHER = "AESGCM"
+    _ENCRYPT, _DECRYPT = lib.crypto_aead_aes256gcm_encrypt, lib.crypto_aead_aes256gcm_decrypt
+else:
+    CIPHER = "ChaChaPoly"
+    _ENCRYPT = lib.crypto_aead_chacha20poly1305_ietf_encrypt
+    _DECRYPT = lib.crypto_aead_chacha20poly1305_ietf_decrypt
 
 BATCH = 256  # files per flush, as the engine's installs and the serial floor
 CHUNK = 65535 - 16  # plaintext per encrypted message (Noise's maximum message)
@@ -199,7 +212,7 @@ def _pieces(size: int) -> int:
 
 
 class Cipher:
-    """ChaCha20-Poly1305 (IETF) with a counter nonce, on reused buffers."""
+    """The channel's AEAD (:data:`CIPHER`) with a counter nonce, on reused buffers."""
 
     def __init__(self, key: bytes) -> None:
         self.key = key
@@ -209,7 +222,7 @@ class Cipher:
     def seal(self, plain: Any, ad: bytes, out: Any) -> None:
         """Encrypt ``plain`` into writable ``out`` (``len(plain) + 16`` bytes)."""
         ad_ptr = ad if ad else ffi.NULL
-        lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+        _ENCRYPT(
             ffi.from_buffer(out), self.outlen, ffi.from_buffer(plain), len(plain),
             ad_ptr, len(ad), ffi.NULL, _nonce(self.n), self.key,
         )  # fmt: skip
@@ -218,7 +231,7 @@ class Cipher:
     def open(self, sealed: Any, ad: bytes, out: Any) -> None:
         """Decrypt ``sealed`` into writable ``out``; raise if it fails its tag."""
         ad_ptr = ad if ad else ffi.NULL
-        res = lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+        res = _DECRYPT(
             ffi.from_buffer(out), self.outlen, ffi.NULL, ffi.from_buffer(sealed), len(sealed),
             ad_ptr, len(ad), _nonce(self.n), self.key,
         )  # fmt: skip
@@ -363,7 +376,7 @@ def minimal_receiver(src: Path, entries: list[Entry], dest: Path) -> tuple[float
     return wall, mine, theirs
 
 
-def primitives(size: int, total: int) -> dict[str, float]:
+def primitives(size: int, total: int) -> dict[str, Any]:
     """Seconds per GiB on one core: the channel's cipher both ways (messages
     of at most 64 KiB, as sent), blake3 (whole files of ``size`` bytes)."""
     data = memoryview(os.urandom(size))
@@ -395,6 +408,7 @@ def primitives(size: int, total: int) -> dict[str, float]:
         blake3.blake3(data).digest()
     t3 = time.perf_counter()
     return {
+        "cipher": CIPHER,
         "encrypt_s_per_gib": round((t1 - t0) * scale, 2),
         "decrypt_s_per_gib": round((t2 - t1) * scale, 2),
         "blake3_s_per_gib": round((t3 - t2) * scale, 2),
