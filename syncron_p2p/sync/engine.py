@@ -1247,7 +1247,14 @@ class Engine:
             if self._structural_conflict(job, exc):
                 return
             self._notice("kept", path, f"changed locally meanwhile; rescanning ({exc})")
-            self.retry[path] = (self._now + self.timing.retry_delay, job.target, job.origin_peer)
+            # Resolve the *received* record again, not the job's target: a
+            # conflict's target is the winner with the loser's version merged
+            # in, which would replace the local loser without a copy.
+            self.retry[job.remote.path] = (
+                self._now + self.timing.retry_delay,
+                job.remote,
+                job.origin_peer,
+            )
             self._out.append(Rescan((path,)))
             return
         except Tampered as exc:
@@ -1256,9 +1263,9 @@ class Engine:
             return
         except DiskFailure as exc:
             self._notice("error", path, str(exc))
-            self.retry[path] = (
+            self.retry[job.remote.path] = (  # (the received record: see above)
                 self._now + 30 * self.timing.retry_delay,
-                job.target,
+                job.remote,
                 job.origin_peer,
             )
             return
@@ -1330,7 +1337,12 @@ class Engine:
             res = self._resolve(local, rec)
             if res.outcome == Outcome.KEEP or res.result is None:
                 continue
-            if res.outcome == Outcome.MERGE or local is None or local.deleted:
+            if res.outcome == Outcome.MERGE and local is not None:
+                # (the file stays as it is: keep its fingerprint, or every
+                # checked operation on it would fail until a full scan)
+                self._store([replace(res.result, fingerprint=local.fingerprint)], origin)
+                continue
+            if local is None or local.deleted:
                 self._store([res.result], origin)
                 continue
             try:
