@@ -298,9 +298,7 @@ class Scanner:
     def _normalise_roots(self, directories: Iterable[str], recursive: bool = True) -> list[str]:
         roots: set[str] = set()
         for d in directories:
-            d = d.strip("/")
-            while d and not (self.folder / d).is_dir():
-                d = d.rpartition("/")[0]
+            d = self._walkable(d.strip("/"))
             roots.add(d)
         if not recursive:
             return sorted(roots)
@@ -311,6 +309,29 @@ class Scanner:
             if not any(r == k or r.startswith(k + "/") or k == "" for k in kept):
                 kept.append(r)
         return kept
+
+    def _walkable(self, directory: str) -> str:
+        """The deepest directory of ``directory``'s path that a full walk
+        from the root would enter: each component a real directory (a
+        symlink is never followed, not even as a root asked for by a watcher
+        or the engine) and none of them ignored (a watcher sees events in
+        ``.git/`` or ``build/`` too). ``""`` (the root) at worst."""
+        if not directory:
+            return ""
+        rules = self._root_rules()
+        walkable = ""
+        for part in directory.split("/"):
+            sub = f"{walkable}/{part}" if walkable else part
+            try:
+                if not stat.S_ISDIR(os.lstat(self.folder / sub).st_mode):
+                    break
+            except OSError:
+                break
+            if rules.is_ignored(sub, True):
+                break
+            walkable = sub
+            rules = rules.child(sub, self._read_gitignore(sub))
+        return walkable
 
     def _load_secure(self) -> None:
         """Read the root ``.secure`` patterns; their text also keys the summaries."""
@@ -325,9 +346,13 @@ class Scanner:
         # and whether this node can seal.
         self._scan_token = blake3.blake3(self._packer.pack([text, self.keys is not None])).digest()
 
-    def _rules_for(self, directory: str) -> IgnoreRules:
+    def _root_rules(self) -> IgnoreRules:
+        """The rules for the root's entries (the root's ``.gitignore``)."""
         rules = IgnoreRules.root(ignore_git_dirs=not self.sync_git)
-        rules = rules.child("", self._read_gitignore(""))
+        return rules.child("", self._read_gitignore(""))
+
+    def _rules_for(self, directory: str) -> IgnoreRules:
+        rules = self._root_rules()
         if not directory:
             return rules
         parts = directory.split("/")
@@ -556,6 +581,8 @@ class Scanner:
         for rel, k in known.items():
             if rel in present:
                 continue
+            if not k[1] and rules.is_ignored(rel, k[0] == EntryType.DIRECTORY):
+                continue  # ignored: its record stays as it was, deleted or not
             if not k[1]:
                 gone = self.index.get(rel)
                 if gone is not None:

@@ -1,0 +1,121 @@
+"""Scans started below the root obey the rules a full walk obeys.
+
+Found by review (ninth session): a scan asked for a directory (a watcher
+batch, the engine's ``Rescan``, a step of a big full scan) walked it even when
+it was ignored (``.git/``, ``build/``) or a symlink (to anywhere, outside
+the folder included), and a deleted ignored path was published as deleted
+although ignoring a path freezes its record.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from syncron_p2p.index.db import Index
+from syncron_p2p.index.scanner import Scanner, full_scan_steps, still_directories
+
+NODE = "TESTNODE"
+
+
+def live(index: Index) -> set[str]:
+    return {r.path for r in index.all() if not r.deleted}
+
+
+def _folder(tmp_path: Path) -> Path:
+    f = tmp_path / "sync"
+    f.mkdir()
+    return f
+
+
+def test_a_scan_asked_for_ignored_directories_records_nothing_in_them(tmp_path: Path) -> None:
+    f = _folder(tmp_path)
+    (f / ".gitignore").write_text("build/\n")
+    (f / "build" / "deep").mkdir(parents=True)
+    (f / "build" / "out.o").write_text("obj")
+    (f / "build" / "deep" / "x.o").write_text("obj")
+    (f / ".git" / "objects" / "ab").mkdir(parents=True)
+    (f / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (f / ".git" / "objects" / "ab" / "cdef").write_text("blob")
+    with Index.open(f, NODE) as index:
+        Scanner(f, index).scan()
+        assert live(index) == {".gitignore"}
+        # a watcher batch, and an engine rescan of a path deep inside
+        for dirs, recursive in (
+            (["build", ".git"], False),
+            ([".git/objects/ab", "build/deep"], True),
+        ):
+            result = Scanner(f, index).scan(dirs, recursive=recursive)
+            assert not result.changed
+            assert live(index) == {".gitignore"}
+
+
+def test_a_scan_asked_for_a_symlinked_directory_never_follows_it(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "id_rsa").write_text("PRIVATE KEY")
+    f = _folder(tmp_path)
+    os.symlink(outside, f / "out")
+    with Index.open(f, NODE) as index:
+        Scanner(f, index).scan()
+        for dirs in (["out"], ["out/sub"]):
+            Scanner(f, index).scan(dirs, recursive=False)
+            Scanner(f, index).scan(dirs, recursive=True)
+        assert not any(p.startswith("out/") for p in live(index))
+
+
+def test_a_directory_replaced_by_a_symlink_is_not_walked_through_it(tmp_path: Path) -> None:
+    moved = tmp_path / "bigdisk" / "photos"
+    f = _folder(tmp_path)
+    (f / "photos").mkdir()
+    (f / "photos" / "a.jpg").write_text("A")
+    with Index.open(f, NODE) as index:
+        Scanner(f, index).scan()
+        moved.parent.mkdir()
+        shutil.move(str(f / "photos"), str(moved))
+        os.symlink(moved, f / "photos")
+        (moved / "b.jpg").write_text("B")
+        Scanner(f, index).scan(["", "photos"], recursive=False)  # the watcher's batch
+        assert "photos/b.jpg" not in live(index)
+        # ... and it left the index as a full walk would (which never follows links)
+        assert not Scanner(f, index).scan().changed
+
+
+def test_deleting_an_ignored_recorded_path_leaves_its_record(tmp_path: Path) -> None:
+    f = _folder(tmp_path)
+    (f / "big.iso").write_text("x")
+    (f / "cache").mkdir()
+    (f / "cache" / "c1").write_text("c")
+    with Index.open(f, NODE) as index:
+        Scanner(f, index).scan()
+        (f / ".gitignore").write_text("*.iso\ncache/\n")
+        Scanner(f, index).scan()
+        assert {"big.iso", "cache", "cache/c1"} <= live(index)  # frozen
+        (f / "big.iso").unlink()
+        shutil.rmtree(f / "cache")
+        result = Scanner(f, index).scan()
+        assert not [r.path for r in result.changed if r.deleted]
+        assert {"big.iso", "cache", "cache/c1"} <= live(index)
+
+
+def test_a_full_scan_in_steps_leaves_ignored_recorded_directories_alone(tmp_path: Path) -> None:
+    f = _folder(tmp_path)
+    (f / "cache").mkdir()
+    (f / "cache" / "c1").write_text("c")
+    (f / "keep.txt").write_text("k")
+    with Index.open(f, NODE) as index:
+        Scanner(f, index).scan()
+        (f / ".gitignore").write_text("cache/\n")
+        Scanner(f, index).scan()
+        (f / "cache" / "c1").unlink()
+        (f / "cache" / "new").write_text("n")
+        assert not Scanner(f, index).scan().changed  # one pass
+        changed = []
+        for dirs, recursive in full_scan_steps(index, 1):  # in steps, as a big tree is
+            if dirs != [""]:
+                dirs = still_directories(f, dirs)
+            if dirs:
+                changed += Scanner(f, index).scan(dirs, recursive=recursive).changed
+        assert not changed
+        assert "cache/new" not in live(index) and "cache/c1" in live(index)
