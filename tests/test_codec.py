@@ -206,6 +206,33 @@ def test_records_must_be_internally_consistent() -> None:
         codec.decode_body(msgpack.packb([10, body[0], [wire], True]))
 
 
+def test_counters_and_origin_sums_are_bounded() -> None:
+    """Every sum of a vector's counters must fit a 64-bit integer (the index's):
+    a peer's counter of 2**63 - 1 was stored, and the next local edit minted a
+    version SQLite could not hold - the scan failed and the node stopped."""
+    top = Record(
+        "a",
+        EntryType.FILE,
+        0,
+        0o644,
+        b"\0" * 32,
+        VersionVector.of({f"actor{i:04d}": codec.MAX_COUNTER for i in range(codec.MAX_VECTOR)}),
+        origin_sum=codec.MAX_ORIGIN_SUM,
+    )
+    assert sum(top.version.as_dict().values()) + 1 < 2**63  # (one more bump still fits)
+    body = codec._body(Records(1, (top,), True))
+    assert codec.decode_body(msgpack.packb([10, *body])) == Records(1, (top,), True)
+    for field, value in (
+        (9, [["x", codec.MAX_COUNTER + 1]]),
+        (9, [["x", 2**63 - 1]]),
+        (8, codec.MAX_ORIGIN_SUM + 1),
+    ):
+        wire = codec.encode_record(top)
+        wire[field] = value
+        with pytest.raises(RemoteProtocolError, match="out of range"):
+            codec.decode_body(msgpack.packb([10, body[0], [wire], True]))
+
+
 def test_optional_inline_fields_are_absent_unless_set() -> None:
     """A peer without feature inline-content must get the original layouts."""
     rec = Record("a", EntryType.DIRECTORY, 0, 0o755, b"\0" * 32, VersionVector.of({"x": 1}))

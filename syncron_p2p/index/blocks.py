@@ -85,6 +85,12 @@ POLICY = BlockPolicy(
     hash="blake3-256",
 )
 
+# Blocks one record may list: its block list (36 bytes each on the wire) must
+# fit one protocol frame (8 MiB) with room to spare. About 32 GiB at the
+# average block size (8 GiB if every block were the smallest); the scanner
+# does not publish larger files (a scan error says so).
+MAX_RECORD_BLOCKS = 128 * 1024
+
 _READ_BUFFER = 16 * MiB
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 

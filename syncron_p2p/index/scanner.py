@@ -71,7 +71,13 @@ import msgpack
 
 from syncron_p2p.crypto.sealed import Sealer, SealKeys
 from syncron_p2p.folder import TMP_DIR
-from syncron_p2p.index.blocks import FileDigest, hash_fd, hash_file, unpack_digest_blocks
+from syncron_p2p.index.blocks import (
+    MAX_RECORD_BLOCKS,
+    FileDigest,
+    hash_fd,
+    hash_file,
+    unpack_digest_blocks,
+)
 from syncron_p2p.index.db import DirSummary, Index, Known
 from syncron_p2p.index.forgotten import any_forgotten, forgotten
 from syncron_p2p.index.ignore import GIT_DIR_NAME, IgnoreRules
@@ -737,6 +743,14 @@ class Scanner:
         errors_before = len(result.errors)
         if isinstance(outcome, ScanError):
             result.errors.append(outcome)
+        elif len(outcome.blocks) > MAX_RECORD_BLOCKS:
+            result.errors.append(
+                ScanError(
+                    p.rel,
+                    f"too large to sync: {len(outcome.blocks)} blocks"
+                    f" (at most {MAX_RECORD_BLOCKS} in one file); not published",
+                )
+            )
         else:
             result.hashed_files += 1
             result.hashed_bytes += outcome.size

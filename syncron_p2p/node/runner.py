@@ -267,7 +267,20 @@ class Node:
 
     def _handle_many(self, events: list[Input], now: float) -> list[tuple[Effect, bytes | None]]:
         effects = self.engine.handle_many(events, now)
-        return [(e, codec.encode(e.message) if isinstance(e, Send) else None) for e in effects]
+        out: list[tuple[Effect, bytes | None]] = []
+        for e in effects:
+            if not isinstance(e, Send):
+                out.append((e, None))
+                continue
+            try:
+                out.append((e, codec.encode(e.message)))
+            except ValueError as exc:
+                # Past the frame limit (the engine pages by estimate; this is
+                # the last line): never stop the node over one message. The
+                # connection closes - its peer reconnects and reconciles.
+                log.error("cannot send %s to %s: %s", type(e.message).__name__, e.peer, exc)
+                out.append((Close(e.peer, f"could not send a message ({exc})"), None))
+        return out
 
     async def feed(self, event: Input, origin: str | None = None) -> None:
         """Feed one input to the engine and execute its effects."""

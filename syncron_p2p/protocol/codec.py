@@ -197,7 +197,28 @@ def _fields(v: Any, n: int) -> list[Any]:
 
 
 _ENTRY_TYPES = (EntryType.FILE, EntryType.DIRECTORY, EntryType.SYMLINK)
-_MAX_INT = (1 << 63) - 1
+# Version counters and origin sums are bounded so that every sum of a vector
+# (at most MAX_VECTOR entries) fits the index's 64-bit integers: a peer's
+# counter of 2**63 - 1 was stored, and the next local edit minted a version
+# whose origin sum SQLite could not hold (the scan failed, the node stopped).
+# Nodes one NodeRequest may name: a reply holds at most 16 children of each
+# (paths up to 4 KiB), so it stays well inside MAX_FRAME.
+MAX_NODES_PER_REQUEST = 64
+MAX_COUNTER = 1 << 48  # a million edits per second by one actor: nine years
+MAX_VECTOR = 4096
+MAX_ORIGIN_SUM = MAX_COUNTER * MAX_VECTOR
+
+
+def record_wire_size(rec: Record) -> int:
+    """An upper estimate of ``rec``'s encoded size: what pages of records are
+    cut by (their version vectors and block lists included - a page of 256
+    records of 1 GiB files, cut by count alone, was past MAX_FRAME)."""
+    return (
+        64
+        + 4 * (len(rec.path) + len(rec.target) + len(rec.origin))
+        + 38 * len(rec.blocks)
+        + sum(12 + 4 * len(actor) for actor, _ in rec.version.entries)
+    )
 
 
 def decode_record(v: Any, vectors: dict[tuple[str, int], VersionVector] | None = None) -> Record:
@@ -222,7 +243,7 @@ def decode_record(v: Any, vectors: dict[tuple[str, int], VersionVector] | None =
         raise _fail("integer out of range")
     if type(mode) is not int or not 0 <= mode <= 0o7777:
         raise _fail("integer out of range")
-    if type(osum) is not int or not 0 <= osum <= _MAX_INT:
+    if type(osum) is not int or not 0 <= osum <= MAX_ORIGIN_SUM:
         raise _fail("integer out of range")
     if type(deleted) is not bool:
         raise _fail("bad boolean")
@@ -272,7 +293,7 @@ def decode_record(v: Any, vectors: dict[tuple[str, int], VersionVector] | None =
 
 
 def _vector(v: Any) -> VersionVector:
-    if type(v) is not list or len(v) > 4096:
+    if type(v) is not list or len(v) > MAX_VECTOR:
         raise _fail("bad list")
     entries = []
     last = None
@@ -282,7 +303,7 @@ def _vector(v: Any) -> VersionVector:
         actor, counter = item
         if type(actor) is not str or len(actor) > 256:
             raise _fail("bad string")
-        if type(counter) is not int or not 1 <= counter <= _MAX_INT:
+        if type(counter) is not int or not 1 <= counter <= MAX_COUNTER:
             raise _fail("integer out of range")
         if last is not None and actor <= last:
             raise _fail("version vector not canonical")  # actors strictly increasing
@@ -354,7 +375,12 @@ _DECODERS: dict[int, tuple[tuple[int, ...], Callable[[list[Any]], Message]]] = {
     3: ((1,), lambda f: Ping(_int(f[0]))),
     4: ((1,), lambda f: Pong(_int(f[0]))),
     5: ((2,), lambda f: Root(_bytes(f[0], HASH_SIZE), _int(f[1]))),
-    6: ((2,), lambda f: NodeRequest(_int(f[0]), tuple(_node_ref(x) for x in _list(f[1], 1024)))),
+    6: (
+        (2,),
+        lambda f: NodeRequest(
+            _int(f[0]), tuple(_node_ref(x) for x in _list(f[1], MAX_NODES_PER_REQUEST))
+        ),
+    ),
     7: ((2,), lambda f: NodeReply(_int(f[0]), tuple(_node_children(x) for x in _list(f[1], 1024)))),
     8: (
         (3, 4),

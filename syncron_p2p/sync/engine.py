@@ -59,6 +59,7 @@ from syncron_p2p.index.records import (
 )
 from syncron_p2p.index.versions import Order, VersionVector
 from syncron_p2p.paths import parent, symlink_target_is_safe, validate
+from syncron_p2p.protocol.codec import MAX_NODES_PER_REQUEST, record_wire_size
 from syncron_p2p.protocol.messages import (
     INLINE_FEATURE,
     BlockData,
@@ -520,10 +521,10 @@ class Engine:
         # content would bring over the wire again.
         joining = 2 * len(self.store.merkle) < state.root_count
         inline = INLINE_MAX if joining and INLINE_FEATURE in state.session.peer_features else 0
-        if nodes:
+        for i in range(0, len(nodes), MAX_NODES_PER_REQUEST):  # (bounds each reply)
             rid = self._request_id()
             state.requests[rid] = self._now
-            self._send(peer, NodeRequest(rid, tuple(nodes)))
+            self._send(peer, NodeRequest(rid, tuple(nodes[i : i + MAX_NODES_PER_REQUEST])))
         for start, end in ranges:
             rid = self._request_id()
             state.requests[rid] = self._now
@@ -626,7 +627,7 @@ class Engine:
                     size += len(data)
                     content += len(data)
             page.append(rec)
-            size += 160 + len(rec.path) + 36 * len(rec.blocks)
+            size += record_wire_size(rec)
             if len(page) >= RECORDS_PAGE or size >= PAGE_BYTES:
                 total += size
                 self._send(peer, Records(request_id, tuple(page), False, tuple(contents)))
@@ -1491,9 +1492,18 @@ class Engine:
         if not outbox:
             return
         for peer in self._active():
-            records = [rec for rec, exclude in outbox if exclude != peer]
-            for i in range(0, len(records), RECORDS_PAGE):
-                self._send(peer, Records(0, tuple(records[i : i + RECORDS_PAGE]), True))
+            page: list[Record] = []
+            size = 0
+            for rec, exclude in outbox:
+                if exclude == peer:
+                    continue
+                page.append(rec)
+                size += record_wire_size(rec)
+                if len(page) >= RECORDS_PAGE or size >= PAGE_BYTES:
+                    self._send(peer, Records(0, tuple(page), True))
+                    page, size = [], 0
+            if page:
+                self._send(peer, Records(0, tuple(page), True))
 
     # --------------------------------------------------------- serving
 

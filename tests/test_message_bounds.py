@@ -1,0 +1,117 @@
+"""Messages a node sends stay inside the frame limit, whatever it holds.
+
+Found by review (ninth session): pushes were paged by record count alone (a
+scan finding 60 files of 1 GiB pushed one 8.8 MB page), range replies
+estimated a record's size without its version vector, and a NodeRequest
+could name 1,024 nodes whose reply grew to 12 MB. A message past
+``MAX_FRAME`` made the encoder raise in the node, which counted as an engine
+fault - four of them stopped the node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+from meshnet import MeshNet
+
+from syncron_p2p.errors import RemoteProtocolError
+from syncron_p2p.index import scanner as scanner_module
+from syncron_p2p.index.db import Index
+from syncron_p2p.index.records import Block, EntryType, Record
+from syncron_p2p.index.scanner import Scanner
+from syncron_p2p.index.versions import VersionVector
+from syncron_p2p.protocol import codec
+from syncron_p2p.protocol.messages import Message, NodeRequest, Records
+from syncron_p2p.sync.effects import Send
+from syncron_p2p.sync.engine import Engine
+
+GiB_BLOCKS = 4096  # a 1 GiB file at the average block size (256 KiB)
+
+
+def big_record(i: int, actors: int = 1) -> Record:
+    blocks = tuple(Block(k * 262144, 262144, bytes([i % 256]) * 32) for k in range(GiB_BLOCKS))
+    version = VersionVector.of({f"ACTOR{a:03d}.{'e' * 40}": 7 for a in range(actors)})
+    return Record(
+        f"videos/{'long name ' * 10}{i:03d}.mkv",
+        EntryType.FILE,
+        GiB_BLOCKS * 262144,
+        0o644,
+        bytes([i % 256]) * 32,
+        version,
+        blocks=blocks,
+        origin=f"ACTOR000.{'e' * 40}",
+        origin_sum=7 * actors,
+    )
+
+
+def sent(engine: Engine) -> list[Message]:
+    """What ``engine`` sent since its last call, each checked to fit a frame."""
+    out, engine._out = engine._out, []
+    messages = []
+    for effect in out:
+        if isinstance(effect, Send):
+            frame = codec.encode(effect.message)  # (raises past MAX_FRAME)
+            messages.append(codec.decode_body(frame[codec.HEADER :]))
+    return messages
+
+
+def test_a_push_of_many_huge_files_is_paged_by_bytes() -> None:
+    net = MeshNet(2, seed=1, shuffle=False)
+    net.connect_all()
+    net.run()
+    engine = net.node(0).engine
+    engine._announce([big_record(i) for i in range(60)])
+    engine._flush_announcements()
+    frames = sent(engine)
+    pushed = [r for m in frames if isinstance(m, Records) for r in m.records]
+    assert len(pushed) == 60 and len(frames) > 1
+
+
+def test_range_reply_pages_count_version_vectors() -> None:
+    """Records that are mostly version vector (a path edited by 2,000 nodes
+    over the years) are cut into pages by their whole size."""
+    net = MeshNet(2, seed=1, shuffle=False)
+    net.connect_all()
+    net.run()
+    engine = net.node(0).engine
+    recs = []
+    for i in range(300):
+        rec = big_record(i, actors=2000)
+        recs.append(Record(rec.path, EntryType.DIRECTORY, 0, 0o755, rec.content_hash, rec.version))
+    engine._serve_records("node1", engine.peers["node1"], 1, recs)
+    served = [r for m in sent(engine) if isinstance(m, Records) for r in m.records]
+    assert len(served) == 300
+
+
+def test_node_requests_are_split_and_bounded() -> None:
+    net = MeshNet(2, seed=1, shuffle=False)
+    net.connect_all()
+    net.run()
+    engine = net.node(0).engine
+    peer = "node1"
+    wants = [(2, f"path{i:04d}") for i in range(200)]
+    engine._issue(peer, engine.peers[peer], (wants, [], []))
+    requests = sent(engine)
+    node_requests = [m for m in requests if isinstance(m, NodeRequest)]
+    assert sum(len(m.nodes) for m in node_requests) == 200
+    assert all(len(m.nodes) <= codec.MAX_NODES_PER_REQUEST for m in node_requests)
+    too_many = NodeRequest(1, tuple((1, f"p{i}") for i in range(codec.MAX_NODES_PER_REQUEST + 1)))
+    body = codec._body(too_many)
+    with pytest.raises(RemoteProtocolError):
+        codec.decode_body(msgpack.packb([codec.TYPE_IDS[NodeRequest], *body]))
+
+
+def test_a_file_with_too_many_blocks_is_not_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scanner_module, "MAX_RECORD_BLOCKS", 3)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "big.bin").write_bytes(bytes(range(256)) * 4096 * 4)  # 4 MiB: >= 4 blocks
+    (folder / "small.txt").write_bytes(b"hello")
+    with Index.open(folder, "NODE") as index:
+        result = Scanner(folder, index).scan()
+        assert index.get("big.bin") is None and index.get("small.txt") is not None
+        assert any(e.path == "big.bin" and "too large" in e.reason for e in result.errors)
