@@ -113,10 +113,11 @@ def test_conflict_names_parse_back(path: str) -> None:
         mode=0o644,
         content_hash=bytes(range(32)),
     )
-    parsed = parse_conflict_name(conflict_copy(rec).path)
-    assert parsed is not None
-    assert parsed[0] == path
-    assert parsed[2] == bytes(range(32)).hex()[:8]
+    for n in (1, 2, 17):  # (a numbered copy: the first names held other content)
+        parsed = parse_conflict_name(conflict_copy(rec, n).path)
+        assert parsed is not None
+        assert parsed[0] == path
+        assert parsed[2] == bytes(range(32)).hex()[:8]
     assert parse_conflict_name(path) is None
 
 

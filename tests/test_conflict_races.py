@@ -119,3 +119,35 @@ def test_a_deletion_merged_with_a_local_edit_keeps_its_fingerprint() -> None:
     assert net.converged()
     assert all(net.files(i)["a.txt"] == R for i in range(3))
     assert len(holders(net, 3, L)) == 3  # the copy, on every node
+
+
+def test_a_conflict_copy_never_replaces_an_edited_copy_of_the_same_name() -> None:
+    """The same bytes losing twice (in two versions) named the same copy, and
+    the second copy replaced the user's edits of the first everywhere."""
+    net = MeshNet(2, seed=7, shuffle=False)
+    net.connect_all()
+    net.edit(0, lambda d: d.write("a.txt", b"base"))
+    net.run()
+    x = b"node1 writes X " * 200
+    y = b"the user edits the conflict copy: Y " * 200
+    net.disconnect("node0", "node1")
+    net.edit(0, lambda d: d.write("a.txt", b"A1 " * 500))
+    net.edit(0, lambda d: d.write("a.txt", b"A1' " * 500))  # node0 wins the order
+    net.edit(1, lambda d: d.write("a.txt", x))
+    net.connect("node0", "node1")
+    net.run()
+    assert net.converged()
+    copies = [p for p in net.files(0) if CONFLICT_MARK in p]
+    assert len(copies) == 1 and net.files(0)[copies[0]] == x
+    net.disconnect("node0", "node1")
+    net.edit(0, lambda d: d.write(copies[0], y))
+    net.edit(0, lambda d: d.write("a.txt", b"A2 " * 500))
+    net.edit(0, lambda d: d.write("a.txt", b"A2' " * 500))
+    net.edit(1, lambda d: d.write("a.txt", x))  # the same bytes, a new version
+    net.connect("node0", "node1")
+    net.run()
+    assert net.converged()
+    for i in range(2):
+        files = net.files(i)
+        assert files[copies[0]] == y  # the user's edit stands
+        assert x in files.values()  # and the second loser has a copy of its own

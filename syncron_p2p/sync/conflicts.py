@@ -95,11 +95,17 @@ def _win(winner: Record, remote: Record) -> Outcome:
     return Outcome.TAKE if winner is remote else Outcome.MERGE
 
 
-def conflict_name(path: str, loser: Record) -> str:
-    """``dir/name.sync-conflict-<actor>-<hash8>.ext``: a pure function of the version."""
+def conflict_name(path: str, loser: Record, n: int = 1) -> str:
+    """``dir/name.sync-conflict-<actor>-<hash8>.ext``: a pure function of the version.
+
+    ``n`` > 1 (``...-<hash8>.<n>.ext``): the ``n``-th choice, when the names
+    before it hold other content (protocol §8: never over another file).
+    """
     head, sep, name = path.rpartition("/")
     actor = loser.origin.split(".")[0][:12] or "unknown"
     tag = f"{CONFLICT_MARK}{actor}-{loser.content_hash.hex()[:8]}"
+    if n > 1:
+        tag += f".{n}"
     stem, dot, ext = name.rpartition(".")
     # no extension, or a dotfile such as ".bashrc": the tag goes at the end
     new = name + tag if not dot or not stem else f"{stem}{tag}.{ext}"
@@ -108,6 +114,6 @@ def conflict_name(path: str, loser: Record) -> str:
     return f"{head}{sep}{new}"
 
 
-def conflict_copy(loser: Record) -> Record:
+def conflict_copy(loser: Record, n: int = 1) -> Record:
     """The record of the conflict copy: the loser's version at the conflict name."""
-    return replace(loser, path=conflict_name(loser.path, loser), sequence=0, fingerprint=None)
+    return replace(loser, path=conflict_name(loser.path, loser, n), sequence=0, fingerprint=None)

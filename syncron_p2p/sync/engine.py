@@ -905,7 +905,7 @@ class Engine:
         else:  # CONFLICT
             assert res.loser is not None
             self.stats["conflicts"] += 1
-            copy = conflict_copy(res.loser)
+            copy = self._free_copy(res.loser)
             try:
                 validate(copy.path)
             except UnsafePathError:
@@ -939,6 +939,18 @@ class Engine:
                     origin_peer=origin,
                 )
         self._prepare(job, local, held)
+
+    def _free_copy(self, loser: Record) -> Record:
+        """``loser``'s conflict copy at the first of its names not holding
+        other content: a copy never replaces another file (the same bytes
+        losing again in a later version had the same name, and replaced the
+        user's edits of the first copy)."""
+        for n in range(1, 100):
+            copy = conflict_copy(loser, n)
+            there = self.store.get(copy.path)
+            if there is None or there.deleted or there.same_content(copy):
+                return copy
+        return copy  # (99 taken: the last; its install then refuses to replace)
 
     def _key_busy(self, key: str) -> bool:
         """Is a job assembling content ``key`` (in its temp) now?"""
@@ -1407,7 +1419,7 @@ class Engine:
                 return False
             if self._attempt(path) <= PATIENCE:
                 return False
-            copy = conflict_copy(target)
+            copy = self._free_copy(target)
             try:
                 validate(copy.path)
                 expect = expectation(self.store.get(copy.path))
@@ -1444,7 +1456,7 @@ class Engine:
 
     def _demote(self, rec: Record) -> None:
         """Keep file ``rec`` as its conflict copy and make its path a directory."""
-        copy = conflict_copy(rec)
+        copy = self._free_copy(rec)
         try:
             validate(copy.path)
             moved = self.disk.move(rec.path, copy.path, expectation(rec))
@@ -1717,7 +1729,7 @@ class Engine:
                 elif rec.type == EntryType.DIRECTORY:
                     self.disk.remove(rec.path, expectation(rec))
                 else:
-                    copy = conflict_copy(rec)
+                    copy = self._free_copy(rec)
                     moved = self.disk.move(rec.path, copy.path, expectation(rec))
                     keep.append(replace(copy, fingerprint=moved.fingerprint))
             except (LocalChanged, DiskFailure) as exc:
