@@ -10,6 +10,7 @@ fault - four of them stopped the node.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import msgpack
@@ -23,9 +24,9 @@ from syncron_p2p.index.records import Block, EntryType, Record
 from syncron_p2p.index.scanner import Scanner
 from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.protocol import codec
-from syncron_p2p.protocol.messages import Message, NodeRequest, Records
-from syncron_p2p.sync.effects import Send
-from syncron_p2p.sync.engine import Engine
+from syncron_p2p.protocol.messages import BlockData, BlockRequest, Message, NodeRequest, Records
+from syncron_p2p.sync.effects import Effect, Received, Send
+from syncron_p2p.sync.engine import SERVE_BYTES, Engine
 
 GiB_BLOCKS = 4096  # a 1 GiB file at the average block size (256 KiB)
 
@@ -115,3 +116,41 @@ def test_a_file_with_too_many_blocks_is_not_published(
         result = Scanner(folder, index).scan()
         assert index.get("big.bin") is None and index.get("small.txt") is not None
         assert any(e.path == "big.bin" and "too large" in e.reason for e in result.errors)
+
+
+def test_a_burst_of_block_requests_is_answered_a_slice_per_call() -> None:
+    """A thousand block requests in one batch were all read and queued in one
+    engine call (a gigabyte of replies held at once); now ~SERVE_BYTES a call."""
+    net = MeshNet(2, seed=1, shuffle=False)
+    net.connect_all()
+    content = random.Random(3).randbytes(4 * 2**20)
+    net.edit(0, lambda d: d.write("big.bin", content))
+    net.run()
+    rec = net.node(0).index.get("big.bin")
+    assert rec is not None and len(rec.blocks) > 1
+    requests = [
+        Received(
+            "node1",
+            BlockRequest(1000 + i, rec.path, rec.content_hash, b.offset, b.size, b.hash),
+        )
+        for i, b in enumerate(list(rec.blocks) * 16)
+    ]
+    wanted = sum(m.message.size for m in requests)
+    engine = net.node(0).engine
+
+    def blocks(effects: list[Effect]) -> list[BlockData]:
+        return [
+            e.message for e in effects if isinstance(e, Send) and isinstance(e.message, BlockData)
+        ]
+
+    served = blocks(engine.handle_many(requests, net.now))
+    biggest = max(b.size for b in rec.blocks)
+    assert sum(len(m.data) for m in served) <= SERVE_BYTES + biggest
+    assert engine.has_more()
+    while engine.has_more():
+        more = engine.handle_many([], net.now)
+        served += [
+            e.message for e in more if isinstance(e, Send) and isinstance(e.message, BlockData)
+        ]
+    assert sum(len(m.data) for m in served) == wanted
+    assert [m.request_id for m in served] == [r.message.request_id for r in requests]  # in order

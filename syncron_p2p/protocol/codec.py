@@ -38,7 +38,7 @@ from syncron_p2p.protocol.messages import (
 )
 
 MAX_FRAME = 8 * 1024 * 1024
-MAX_BLOCK = 16 * 1024 * 1024
+MAX_BLOCK = 4 * 1024 * 1024  # a block (policy: at most 1 MiB, + 40 sealed): its reply fits a frame
 MAX_STR = 8192
 MAX_ITEMS = 65536
 MAX_FILE_SIZE = 1 << 50

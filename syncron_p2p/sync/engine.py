@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -197,6 +198,9 @@ class PeerState:
     inflight_bytes: int = 0  # sum of the sizes in ``blocks``
     # range replies still to send: [request id, last path sent, end, inline]
     serving: list[tuple[int, str | None, str | None, int]] = field(default_factory=list)
+    # block requests still to answer (SERVE_BYTES of them per call: a batch of
+    # a thousand 1 MiB requests read at once held a gigabyte of replies)
+    block_requests: deque[BlockRequest] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -332,6 +336,7 @@ class Engine:
                             self._on_damaged(records)
                 self._pump()
                 self._serve_ranges()
+                self._serve_blocks()
                 try:
                     self.disk.sync_installed()
                 except DiskFailure as exc:
@@ -358,7 +363,7 @@ class Engine:
         """The last call stopped early (caps on work per call): call again now."""
         if self.queue and self._starts >= STARTS_PER_CALL:
             return True
-        return any(state.serving for state in self.peers.values())
+        return any(state.serving or state.block_requests for state in self.peers.values())
 
     def saturated(self) -> bool:
         """Enough queued to keep the next calls busy, and they can run by themselves.
@@ -367,6 +372,7 @@ class Engine:
         the queue drains through calls the driver makes on its own (has_more).
         """
         full = len(self.queue) >= INGEST_HIGH or self._inline_bytes >= INLINE_HELD // 2
+        full = full or any(len(s.block_requests) >= INGEST_HIGH for s in self.peers.values())
         return full and self.has_more()
 
     def next_deadline(self) -> float | None:
@@ -471,7 +477,8 @@ class Engine:
             case Records():
                 self._on_records(peer, state, msg)
             case BlockRequest():
-                self._serve_block(peer, msg)
+                validate(msg.path)  # (a violation of this message, not of a later call)
+                state.block_requests.append(msg)
             case BlockData():
                 self._on_block(peer, state, msg.request_id, msg.data)
             case BlockMissing():
@@ -1519,8 +1526,17 @@ class Engine:
 
     # --------------------------------------------------------- serving
 
+    def _serve_blocks(self) -> None:
+        """Answer each peer's queued block requests, about SERVE_BYTES per call."""
+        for peer, state in self.peers.items():
+            room = SERVE_BYTES
+            queue = state.block_requests
+            while queue and room > 0:
+                msg = queue.popleft()
+                room -= msg.size
+                self._serve_block(peer, msg)
+
     def _serve_block(self, peer: str, msg: BlockRequest) -> None:
-        validate(msg.path)
         # The block hash decides, so try the named file first without touching
         # the index (decoding a big file's record per block request would make
         # serving quadratic); other files with that content are the fallback.
