@@ -42,10 +42,13 @@ IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})  # reads, not changes
 def _event_filter() -> list[type[FileSystemEvent]]:
     """The events that can mean a change, so inotify reports only those.
 
-    Creation, deletion, moves, writes and attribute changes. Not opens or
-    closes (a write already reported itself), and not the parent directory's
-    "modified" echo of every entry event (the entry's own event names it);
-    watchdog before 6 reports attribute changes as "modified", so there it stays.
+    Creation, deletion, moves, writes, attribute changes, and the close of a
+    file opened for writing: writes through ``mmap`` report nothing else, and
+    one long ``write()`` reports its change only when it ends - the close
+    says the writer is done. Not opens or read-only closes, and not the
+    parent directory's "modified" echo of every entry event (the entry's own
+    event names it); watchdog before 6 reports attribute changes as
+    "modified", so there it stays.
     """
     wanted: list[type[FileSystemEvent]] = [
         wd_events.FileCreatedEvent,
@@ -56,6 +59,9 @@ def _event_filter() -> list[type[FileSystemEvent]]:
         wd_events.DirMovedEvent,
         wd_events.FileModifiedEvent,
     ]
+    closed = getattr(wd_events, "FileClosedEvent", None)  # (watchdog 2.1.7+)
+    if closed is not None:
+        wanted.append(closed)
     attrib = [getattr(wd_events, n, None) for n in ("FileAttribEvent", "DirAttribEvent")]
     if all(cls is not None for cls in attrib):
         wanted.extend(cls for cls in attrib if cls is not None)
