@@ -119,3 +119,25 @@ def test_a_full_scan_in_steps_leaves_ignored_recorded_directories_alone(tmp_path
                 changed += Scanner(f, index).scan(dirs, recursive=recursive).changed
         assert not changed
         assert "cache/new" not in live(index) and "cache/c1" in live(index)
+
+
+def test_a_scan_asked_for_a_frozen_ignored_directory_does_not_walk_the_tree(
+    tmp_path: Path,
+) -> None:
+    """A full scan in steps names every recorded directory, frozen ignored ones
+    too (node_modules/ added to .gitignore after it synced): each such step
+    walked the whole tree from the root (review)."""
+    f = _folder(tmp_path)
+    for i in range(20):
+        for j in range(5):
+            (f / f"d{i}" / f"e{j}").mkdir(parents=True)
+    (f / "node_modules" / "pkg").mkdir(parents=True)
+    (f / "node_modules" / "pkg" / "index.js").write_text("x")
+    with Index.open(f, NODE) as index:
+        whole = Scanner(f, index).scan()
+        assert whole.directories >= 120
+        (f / ".gitignore").write_text("node_modules/\n")
+        Scanner(f, index).scan()
+        step = Scanner(f, index).scan(["node_modules/pkg"], recursive=True)
+        assert step.directories <= 30  # the root's own entries, not all 120
+        assert "node_modules/pkg/index.js" in live(index)  # (frozen, untouched)

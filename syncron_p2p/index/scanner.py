@@ -238,7 +238,9 @@ class Scanner:
         full: a save at the top of a big tree must not re-walk the tree.
         """
         result = ScanResult()
-        roots = [""] if directories is None else self._normalise_roots(directories, recursive)
+        roots = (
+            [("", True)] if directories is None else self._normalise_roots(directories, recursive)
+        )
         self._new_dirs: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: deque[tuple[_Pending, Future[tuple[_Pending, FileDigest | ScanError]]]]
@@ -266,8 +268,8 @@ class Scanner:
             # of records would rewrite the same index pages again and again.
             with self.index.cache_size(SCAN_CACHE_KIB), contextlib.ExitStack() as self._tx:
                 self._begin()
-                for root in roots:
-                    self._walk(root, self._rules_for(root), recursive or directories is None)
+                for root, deep in roots:
+                    self._walk(root, self._rules_for(root), deep)
                 self._drain(0)
                 self._helper_done()
                 self._collect(0)
@@ -301,19 +303,29 @@ class Scanner:
 
     # ------------------------------------------------------------ the walk
 
-    def _normalise_roots(self, directories: Iterable[str], recursive: bool = True) -> list[str]:
-        roots: set[str] = set()
+    def _normalise_roots(
+        self, directories: Iterable[str], recursive: bool = True
+    ) -> list[tuple[str, bool]]:
+        """Where to start, and whether to walk down from there.
+
+        A directory a walk would not enter (gone, a symlink, ignored, or
+        below one) is replaced by the deepest one of its path that it would,
+        whose own entries are then compared - never walked in full: a step of
+        a full scan naming a frozen ignored directory would otherwise walk the
+        whole tree from its nearest scanned ancestor.
+        """
+        wanted: dict[str, bool] = {}
         for d in directories:
-            d = self._walkable(d.strip("/"))
-            roots.add(d)
-        if not recursive:
-            return sorted(roots)
-        # drop roots below other roots
-        ordered = sorted(roots)
-        kept: list[str] = []
-        for r in ordered:
-            if not any(r == k or r.startswith(k + "/") or k == "" for k in kept):
-                kept.append(r)
+            d = d.strip("/")
+            root = self._walkable(d)
+            wanted[root] = wanted.get(root, False) or (recursive and root == d)
+        kept: list[tuple[str, bool]] = []
+        for r, deep in sorted(wanted.items()):
+            # (below a root walked in full: covered)
+            if not any(
+                k_deep and (k == "" or r == k or r.startswith(k + "/")) for k, k_deep in kept
+            ):
+                kept.append((r, deep))
         return kept
 
     def _walkable(self, directory: str) -> str:
