@@ -11,6 +11,7 @@ fault - four of them stopped the node.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -25,8 +26,8 @@ from syncron_p2p.index.scanner import Scanner
 from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.protocol import codec
 from syncron_p2p.protocol.messages import BlockData, BlockRequest, Message, NodeRequest, Records
-from syncron_p2p.sync.effects import Effect, Received, Send
-from syncron_p2p.sync.engine import SERVE_BYTES, Engine
+from syncron_p2p.sync.effects import Close, Effect, Received, Send
+from syncron_p2p.sync.engine import PLAUSIBLE_ACTORS, PLAUSIBLE_COUNTER, SERVE_BYTES, Engine
 
 GiB_BLOCKS = 4096  # a 1 GiB file at the average block size (256 KiB)
 
@@ -98,7 +99,7 @@ def test_node_requests_are_split_and_bounded() -> None:
     node_requests = [m for m in requests if isinstance(m, NodeRequest)]
     assert sum(len(m.nodes) for m in node_requests) == 200
     assert all(len(m.nodes) <= codec.MAX_NODES_PER_REQUEST for m in node_requests)
-    too_many = NodeRequest(1, tuple((1, f"p{i}") for i in range(codec.MAX_NODES_PER_REQUEST + 1)))
+    too_many = NodeRequest(1, tuple((1, f"p{i}") for i in range(codec.MAX_NODES_ACCEPTED + 1)))
     body = codec._body(too_many)
     with pytest.raises(RemoteProtocolError):
         codec.decode_body(msgpack.packb([codec.TYPE_IDS[NodeRequest], *body]))
@@ -154,3 +155,35 @@ def test_a_burst_of_block_requests_is_answered_a_slice_per_call() -> None:
         ]
     assert sum(len(m.data) for m in served) == wanted
     assert [m.request_id for m in served] == [r.message.request_id for r in requests]  # in order
+
+
+def test_a_peer_cannot_push_our_counter_to_the_codecs_limit() -> None:
+    """A member's record carrying our own counter at the codec's limit was
+    accepted; our next edit of that path then minted a version every peer
+    refused to decode (review). Vectors are refused well below the limit."""
+    net = MeshNet(2, seed=1, shuffle=False)
+    net.connect_all()
+    net.run()
+    engine = net.node(0).engine
+    me = net.node(0).index.actor
+
+    def push(vector: VersionVector, path: str) -> list[Effect]:
+        rec = Record(path, EntryType.DIRECTORY, 0, 0o755, bytes(32), vector, origin=me)
+        return engine.handle_many([Received("node1", Records(0, (rec,), True))], net.now)
+
+    fine = push(VersionVector.of({me: PLAUSIBLE_COUNTER}), "ok")
+    assert not [e for e in fine if isinstance(e, Close)]
+    stored = net.node(0).index.get("ok")
+    assert stored is not None
+    bumped = stored.version.bump(me)  # our next edit still decodes everywhere
+    frame = codec.encode(Records(0, (replace(stored, version=bumped),), True))
+    assert codec.decode_body(frame[codec.HEADER :])
+    for vector in (
+        VersionVector.of({me: PLAUSIBLE_COUNTER + 1}),
+        VersionVector.of({f"a{i:05d}": 1 for i in range(PLAUSIBLE_ACTORS + 1)}),
+    ):
+        effects = push(vector, "evil")
+        assert [e for e in effects if isinstance(e, Close)]
+        assert net.node(0).index.get("evil") is None
+        net.connect("node0", "node1")  # (the peer was disconnected: again)
+        net.run()

@@ -201,9 +201,12 @@ _ENTRY_TYPES = (EntryType.FILE, EntryType.DIRECTORY, EntryType.SYMLINK)
 # (at most MAX_VECTOR entries) fits the index's 64-bit integers: a peer's
 # counter of 2**63 - 1 was stored, and the next local edit minted a version
 # whose origin sum SQLite could not hold (the scan failed, the node stopped).
-# Nodes one NodeRequest may name: a reply holds at most 16 children of each
-# (paths up to 4 KiB), so it stays well inside MAX_FRAME.
+# Nodes one NodeRequest of ours names: a reply holds at most 16 children of
+# each (paths up to 4 KiB), so it stays well inside MAX_FRAME. Requests of up
+# to MAX_NODES_ACCEPTED are still answered (earlier nodes sent such); a reply
+# that would not fit a frame closes the connection (runner), nothing worse.
 MAX_NODES_PER_REQUEST = 64
+MAX_NODES_ACCEPTED = 1024
 MAX_COUNTER = 1 << 48  # a million edits per second by one actor: nine years
 MAX_VECTOR = 4096
 MAX_ORIGIN_SUM = MAX_COUNTER * MAX_VECTOR
@@ -378,7 +381,7 @@ _DECODERS: dict[int, tuple[tuple[int, ...], Callable[[list[Any]], Message]]] = {
     6: (
         (2,),
         lambda f: NodeRequest(
-            _int(f[0]), tuple(_node_ref(x) for x in _list(f[1], MAX_NODES_PER_REQUEST))
+            _int(f[0]), tuple(_node_ref(x) for x in _list(f[1], MAX_NODES_ACCEPTED))
         ),
     ),
     7: ((2,), lambda f: NodeReply(_int(f[0]), tuple(_node_children(x) for x in _list(f[1], 1024)))),

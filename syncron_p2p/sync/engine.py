@@ -60,7 +60,12 @@ from syncron_p2p.index.records import (
 )
 from syncron_p2p.index.versions import Order, VersionVector
 from syncron_p2p.paths import parent, symlink_target_is_safe, validate
-from syncron_p2p.protocol.codec import MAX_NODES_PER_REQUEST, record_wire_size
+from syncron_p2p.protocol.codec import (
+    MAX_COUNTER,
+    MAX_NODES_PER_REQUEST,
+    MAX_VECTOR,
+    record_wire_size,
+)
 from syncron_p2p.protocol.messages import (
     INLINE_FEATURE,
     BlockData,
@@ -149,6 +154,11 @@ PAGE_BYTES = 512 * 1024
 # and fetched as blocks later (memory stays bounded whatever a peer sends).
 INLINE_MAX = 64 * 1024
 INLINE_HELD = 32 * 1024 * 1024
+# Version vectors a peer may send: within the codec's limits with room to
+# spare - a member pushing our own counter (or a vector's length) to the very
+# limit would make our next edit of that path undecodable by every peer.
+PLAUSIBLE_COUNTER = MAX_COUNTER // 2
+PLAUSIBLE_ACTORS = MAX_VECTOR // 2
 # Failed attempts before a structural conflict (a file where a directory must
 # be, or a directory that must go but still has entries) is resolved rather
 # than waited out: the tombstones that would dissolve it may still be coming.
@@ -663,6 +673,7 @@ class Engine:
                 state.descent = None
         for rec in msg.records:
             validate(rec.path)
+            _check_vector(rec.path, rec.version)
             unsafe_link = not symlink_target_is_safe(rec.path, rec.target)
             if rec.type == EntryType.SYMLINK and not rec.deleted and unsafe_link:
                 raise UnsafePathError(f"symlink {rec.path!r} points outside the folder")
@@ -706,6 +717,10 @@ class Engine:
         if rec.sequence or rec.fingerprint is not None:  # local facts never travel
             rec = with_local(rec, 0, None)
         local = self.store.get(rec.path)
+        if local is not None and (
+            len(local.version.entries) + len(rec.version.entries) > PLAUSIBLE_ACTORS
+        ):
+            _check_vector(rec.path, local.version.merge(rec.version))  # (what we would store)
         if local is None and self._forgotten_covers(rec):
             return
         if rec.path in self.jobs:
@@ -811,6 +826,7 @@ class Engine:
         doomed: list[str] = []
         for path, vector in msg.entries:
             validate(path)
+            _check_vector(path, vector)
             local = self.store.get(path)
             if local is not None and local.deleted and vector.dominates(local.version):
                 self._mark_forgotten(path, vector)
@@ -1533,7 +1549,7 @@ class Engine:
             queue = state.block_requests
             while queue and room > 0:
                 msg = queue.popleft()
-                room -= msg.size
+                room -= max(msg.size, 4096)  # (an empty request costs a read and a reply too)
                 self._serve_block(peer, msg)
 
     def _serve_block(self, peer: str, msg: BlockRequest) -> None:
@@ -1813,3 +1829,10 @@ def _same_state(a: Record | None, b: Record | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return entry_digest(a) == entry_digest(b) and a.fingerprint == b.fingerprint
+
+
+def _check_vector(path: str, vector: VersionVector) -> None:
+    """Refuse a peer's vector past :data:`PLAUSIBLE_COUNTER` / :data:`PLAUSIBLE_ACTORS`."""
+    entries = vector.entries
+    if len(entries) > PLAUSIBLE_ACTORS or any(c > PLAUSIBLE_COUNTER for _, c in entries):
+        raise RemoteProtocolError(f"implausible version vector for {path!r}")
