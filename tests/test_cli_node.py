@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,9 @@ def test_conflicts_lists_each_copy_and_its_original(tmp_path: Path) -> None:
     assert st["conflicts"] == 1
 
 
-@pytest.mark.parametrize("path", ["a.txt", "dir/notes.tar.gz", ".bashrc", "Makefile"])
+@pytest.mark.parametrize(
+    "path", ["a.txt", "dir/notes.tar.gz", ".bashrc", "Makefile", "app.log.1", "backup.001"]
+)
 def test_conflict_names_parse_back(path: str) -> None:
     rec = mint(
         path,
@@ -118,6 +121,9 @@ def test_conflict_names_parse_back(path: str) -> None:
         assert parsed is not None
         assert parsed[0] == path
         assert parsed[2] == bytes(range(32)).hex()[:8]
+        if n > 1:  # never the first name of another file ("a" and "a.2" are two files)
+            other = replace(rec, path=f"{path}.{n}")
+            assert conflict_copy(rec, n).path != conflict_copy(other).path
     assert parse_conflict_name(path) is None
 
 

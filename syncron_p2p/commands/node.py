@@ -48,7 +48,7 @@ log = logging.getLogger("syncron.cli")
 _CONFLICT_RE = re.compile(
     r"^(?P<stem>.*?)"
     + re.escape(CONFLICT_MARK)
-    + r"(?P<actor>.+)-(?P<hash>[0-9a-f]{8})(?:\.[0-9]+)?(?P<ext>(\.[^.]*)?)$"
+    + r"(?P<actor>.+)-(?P<hash>[0-9a-f]{8})(?:-[0-9]+)?(?P<ext>(\.[^.]*)?)$"
 )
 
 

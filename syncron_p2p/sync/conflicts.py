@@ -98,14 +98,14 @@ def _win(winner: Record, remote: Record) -> Outcome:
 def conflict_name(path: str, loser: Record, n: int = 1) -> str:
     """``dir/name.sync-conflict-<actor>-<hash8>.ext``: a pure function of the version.
 
-    ``n`` > 1 (``...-<hash8>.<n>.ext``): the ``n``-th choice, when the names
+    ``n`` > 1 (``...-<hash8>-<n>.ext``): the ``n``-th choice, when the names
     before it hold other content (protocol §8: never over another file).
     """
     head, sep, name = path.rpartition("/")
     actor = loser.origin.split(".")[0][:12] or "unknown"
     tag = f"{CONFLICT_MARK}{actor}-{loser.content_hash.hex()[:8]}"
     if n > 1:
-        tag += f".{n}"
+        tag += f"-{n}"  # (not ".n": "a.1" and "a" would share names)
     stem, dot, ext = name.rpartition(".")
     # no extension, or a dotfile such as ".bashrc": the tag goes at the end
     new = name + tag if not dot or not stem else f"{stem}{tag}.{ext}"
