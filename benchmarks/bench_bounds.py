@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_sync import RsyncDaemon, durable_copy, make_count, make_tree, settle
+from bench_sync import RsyncDaemon, durable_copy, each_tree, settle
 from minimal import minimal_receiver, pipelined_floor, primitives, tree_entries, tree_files
 
 
@@ -115,14 +115,14 @@ def main() -> None:
     compileall.compile_dir(Path(__file__).parent, quiet=1)  # (see bench_sync.py)
     rnd = random.Random(7)  # the trees bench_sync.py makes
     try:
-        if args.only in (None, "big"):
-            src = args.scratch / "big-src"
-            make_tree(src, args.big_mib * 2**20, 16 * 1024, 200 * 1024, rnd)
-            bounds("big", src, args.scratch, args.rounds)
-        if args.only in (None, "small"):
-            src = args.scratch / "small-src"
-            make_count(src, args.small, rnd)
-            bounds("small", src, args.scratch, args.rounds)
+        each_tree(
+            args.scratch,
+            args.only,
+            args.big_mib,
+            args.small,
+            rnd,
+            lambda name, src: bounds(name, src, args.scratch, args.rounds),
+        )
     finally:
         shutil.rmtree(args.scratch, ignore_errors=True)
 

@@ -208,6 +208,27 @@ def make_count(root: Path, count: int, rnd: random.Random) -> None:
         (d / f"n{i:06d}.txt").write_bytes(rnd.randbytes(rnd.randint(64, 4096)))
 
 
+def each_tree(
+    scratch: Path,
+    only: str | None,
+    big_mib: int,
+    small: int,
+    rnd: random.Random,
+    run: Callable[[str, Path], None],
+) -> None:
+    """Make the benchmark's trees (``only`` one of them, or both) and ``run``
+    each: ``big`` (~``big_mib`` MiB in files of 16-200 KiB), ``small``
+    (``small`` files of 64 B-4 KiB)."""
+    if only in (None, "big"):
+        src = scratch / "big-a"
+        make_tree(src, big_mib * 2**20, 16 * 1024, 200 * 1024, rnd)
+        run("big", src)
+    if only in (None, "small"):
+        src = scratch / "small-a"
+        make_count(src, small, rnd)
+        run("small", src)
+
+
 def _one_sync(name: str, a: Node, work: Path, k: int) -> tuple[float, int, Node, Path]:
     """A fresh node B joins A with an empty folder: time and bytes until in sync."""
     b_dir = work / f"{name}-b{k}"
@@ -495,14 +516,14 @@ def main() -> None:
     args.scratch.mkdir(parents=True)
     rnd = random.Random(7)
     try:
-        if args.only in (None, "big"):
-            src = args.scratch / "big-a"
-            make_tree(src, args.big_mib * 2**20, 16 * 1024, 200 * 1024, rnd)
-            initial_sync("big", src, args.scratch, args.repeat)
-        if args.only in (None, "small"):
-            src = args.scratch / "small-a"
-            make_count(src, args.small, rnd)
-            initial_sync("small", src, args.scratch, args.repeat)
+        each_tree(
+            args.scratch,
+            args.only,
+            args.big_mib,
+            args.small,
+            rnd,
+            lambda name, src: initial_sync(name, src, args.scratch, args.repeat),
+        )
         if args.only in (None, "edits"):
             big_file_edits(args.scratch, args.big_mib, rnd)
     finally:
