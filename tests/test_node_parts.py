@@ -32,8 +32,10 @@ from syncron_p2p.node.peer import PeerConnection
 from syncron_p2p.node.runner import Node, NodeConfig
 from syncron_p2p.node.secure_stream import SecureStream
 from syncron_p2p.node.watcher import Watcher, plan_watches
+from syncron_p2p.protocol import codec
 from syncron_p2p.protocol.codec import Decoder
-from syncron_p2p.protocol.messages import Records
+from syncron_p2p.protocol.messages import BlockData, Ping, Records
+from syncron_p2p.sync.effects import Close, Send
 from syncron_p2p.sync.engine import Engine, PeerState
 
 FAST = Timing(anti_entropy_period=1.0, heartbeat_interval=0.5, peer_timeout=4.0)
@@ -762,3 +764,23 @@ async def test_a_file_made_again_after_its_tombstone_was_collected_reaches_the_p
         await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 20)
         await a.stop()
         await b.stop()
+
+
+def test_a_message_past_the_frame_limit_closes_its_connection_not_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine pages what it sends; if a message still cannot be encoded,
+    its connection closes (the peer reconnects) - it used to count as an
+    engine fault, and four of them stopped the node."""
+    ma, _ = _pair(tmp_path)
+    node = Node(ma, _config(ma.folder))
+    node._open()
+    try:
+        huge = Send("PEER", BlockData(1, b"x" * (codec.MAX_FRAME + 1)))
+        small = Send("PEER", Ping(7))
+        monkeypatch.setattr(node.engine, "handle_many", lambda events, now: [huge, small])
+        out = node._handle_many([], 0.0)
+        assert isinstance(out[0][0], Close) and out[0][0].peer == "PEER" and out[0][1] is None
+        assert out[1][0] is small and out[1][1] == codec.encode(Ping(7))
+    finally:
+        node.index.close()
