@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -339,3 +340,65 @@ def test_agrees_with_git_hypothesis(
 ) -> None:
     files, dirs, extra = case
     check_against_git(tmp_path / "tree", files, dirs, extra)
+
+
+# -- no catastrophic backtracking ------------------------------------------------------
+
+
+def _glob_reference(pattern: str, name: str) -> bool:
+    """Wildmatch of one path component, by dynamic programming (no regex)."""
+    ok = [True] + [False] * len(name)  # ok[j]: pattern so far matches name[:j]
+    for c in pattern:
+        if c == "*":
+            for j in range(1, len(name) + 1):
+                ok[j] = ok[j] or ok[j - 1]
+        else:
+            ok = [False] + [ok[j] and (c == "?" or c == name[j]) for j in range(len(name))]
+    return ok[len(name)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text("ab*?", min_size=1, max_size=9), st.text("ab", max_size=12))
+def test_stars_match_exactly_as_a_reference_glob(pattern: str, name: str) -> None:
+    rules = IgnoreRules.root(ignore_git_dirs=False).child("", pattern + "\n")
+    assert rules.is_ignored(name, False) == _glob_reference(pattern, name)
+    assert rules.is_ignored(f"d/{name}", False) == _glob_reference(pattern, name)
+
+
+def _path_reference(parts: list[str], names: list[str]) -> bool:
+    """An anchored pattern's components against a path's: ``**`` is any number
+    of whole components (at the end: at least one, "everything inside")."""
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        if len(parts) == 1:
+            return len(names) >= 1
+        return any(_path_reference(parts[1:], names[i:]) for i in range(len(names) + 1))
+    if not names or not _glob_reference(parts[0], names[0]):
+        return False
+    return _path_reference(parts[1:], names[1:])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "b", "*", "**", "a*", "*b", "?"]), min_size=2, max_size=6),
+    st.lists(st.sampled_from(["a", "b", "ab", "ba"]), min_size=1, max_size=7),
+)
+def test_double_stars_match_exactly_as_a_reference(parts: list[str], names: list[str]) -> None:
+    rules = IgnoreRules.root(ignore_git_dirs=False).child("", "/".join(parts) + "\n")
+    assert rules.is_ignored("/".join(names), False) == _path_reference(parts, names)
+
+
+def test_a_pattern_with_many_stars_cannot_stall_a_scan() -> None:
+    """`*a*a*a*a*a*a*a*a*b` took seconds to minutes on a 40-60 character name
+    with backtracking regexes (any member can write one into .gitignore or
+    .secure); in a child process so a regression fails instead of hanging."""
+    code = (
+        "from syncron_p2p.index.ignore import IgnoreRules\n"
+        "r = IgnoreRules.root(ignore_git_dirs=False).child('', '*a*a*a*a*a*a*a*a*b\\n')\n"
+        "assert not r.is_ignored('a' * 200, False)\n"
+        "assert r.is_ignored('a' * 200 + 'b', False)\n"
+        "r = IgnoreRules.root(ignore_git_dirs=False).child('', '**/a/**/a/**/a/**/a/**/b\\n')\n"
+        "assert not r.is_ignored('/'.join(['a'] * 250), False)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)

@@ -186,9 +186,23 @@ def parse_pattern(line: str, base: str) -> IgnorePattern:
     )
 
 
+_STAR = b"[^/]*"  # one ``*``: any run within a path component
+_DIRS = b"(?:.*/)?"  # ``**/``: zero or more whole directories
+
+
 def _translate(pat: bytes, *, pathname: bool = False) -> bytes:
-    """Translate a wildmatch pattern to a regex matching a whole subject."""
-    out: list[bytes] = []
+    """Translate a wildmatch pattern to a regex matching a whole subject.
+
+    Never exponential: a ``*`` followed by a fixed-length piece and then by
+    another ``*`` takes the piece's *first* occurrence, in an atomic group
+    (``(?>[^/]*?piece)``). That is exact - two occurrences within one path
+    component differ only by bytes the next ``*`` can absorb as well - and
+    it keeps the regex engine from retrying every split: ``*a*a*a*a*a*a*a*b``
+    took seconds to minutes on a 40-60 character name (any member can write
+    a ``.gitignore`` or ``.secure`` pattern).
+    """
+    # pieces: _STAR, _DIRS, or (regex, fixed): fixed-length (one byte) or not
+    pieces: list[bytes | tuple[bytes, bool]] = []
     i, n = 0, len(pat)
     while i < n:
         c = pat[i]
@@ -202,30 +216,53 @@ def _translate(pat: bytes, *, pathname: bool = False) -> bytes:
             at_end = rest == b"" or rest.startswith(b"/") or rest.startswith(b"\\/")
             if pathname and double and at_start and at_end:
                 if rest == b"":
-                    out.append(b".*")
+                    pieces.append((b".*", False))
                 elif rest.startswith(b"/"):
                     # `**/`: zero or more whole directories.
-                    out.append(b"(?:.*/)?")
+                    pieces.append(_DIRS)
                     i += 1
                 else:
                     # `**\/` matches across slashes but has no zero-directory form.
-                    out.append(b".*")
+                    pieces.append((b".*", False))
             else:
-                out.append(b"[^/]*")
+                pieces.append(_STAR)
         elif c == ord("?"):
-            out.append(b"[^/]")
+            pieces.append((b"[^/]", True))
             i += 1
         elif c == ord("["):
             members, i = _bracket(pat, i + 1)
-            out.append(_byte_class(members - {_SLASH}))
+            pieces.append((_byte_class(members - {_SLASH}), True))
         elif c == _BACKSLASH:
             if i + 1 >= n:
                 raise _Unmatchable
-            out.append(re.escape(pat[i + 1 : i + 2]))
+            pieces.append((re.escape(pat[i + 1 : i + 2]), True))
             i += 2
         else:
-            out.append(re.escape(pat[i : i + 1]))
+            pieces.append((re.escape(pat[i : i + 1]), True))
             i += 1
+    out: list[bytes] = []
+    k = 0
+    while k < len(pieces):
+        piece = pieces[k]
+        k += 1
+        if isinstance(piece, tuple):
+            out.append(piece[0])
+            continue
+        run: list[bytes] = []  # the fixed-length piece after this wildcard
+        while k < len(pieces):
+            nxt = pieces[k]
+            if not isinstance(nxt, tuple) or not nxt[1]:
+                break
+            run.append(nxt[0])
+            k += 1
+        # The same for `**/` between two `**/`: the first occurrence at a
+        # directory boundary (the next `**/` absorbs the whole directories
+        # between it and any later one).
+        if run and k < len(pieces) and pieces[k] == piece:
+            lazy = b"[^/]*?" if piece == _STAR else b"(?:|.*?/)"
+            out.append(b"(?>" + lazy + b"".join(run) + b")")
+        else:
+            out.append(piece + b"".join(run))
     return b"".join(out)
 
 
