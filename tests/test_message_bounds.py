@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -114,9 +115,26 @@ def test_a_file_with_too_many_blocks_is_not_published(
     (folder / "big.bin").write_bytes(bytes(range(256)) * 4096 * 4)  # 4 MiB: >= 4 blocks
     (folder / "small.txt").write_bytes(b"hello")
     with Index.open(folder, "NODE") as index:
-        result = Scanner(folder, index).scan()
+        scanner = Scanner(folder, index)  # (a node keeps one for its scans)
+        result = scanner.scan()
         assert index.get("big.bin") is None and index.get("small.txt") is not None
         assert any(e.path == "big.bin" and "too large" in e.reason for e in result.errors)
+        # scanned again: reported, but not read again (tens of GiB each time)
+        read: list[str] = []
+        real = scanner_module._hash_stable
+
+        def counting(p: Any, *args: Any) -> Any:
+            read.append(p.rel)
+            return real(p, *args)
+
+        monkeypatch.setattr(scanner_module, "_hash_stable", counting)
+        again = scanner.scan()
+        assert read == []
+        assert any(e.path == "big.bin" and "too large" in e.reason for e in again.errors)
+        with (folder / "big.bin").open("ab") as fh:  # changed: read again
+            fh.write(b"more")
+        scanner.scan()
+        assert read == ["big.bin"]
 
 
 def test_a_burst_of_block_requests_is_answered_a_slice_per_call() -> None:

@@ -208,6 +208,9 @@ class Scanner:
         self.folder = folder
         self.index = index
         self.sync_git = sync_git
+        # Files refused as too large, by path: not hashed again (tens of GiB)
+        # while their stat fingerprint stays the same; reported each scan.
+        self._too_large: dict[str, StatFingerprint] = {}
         self.workers = max(1, workers)
         self.progress = progress
         # The node needs the changed records (to push them); a one-off scan of
@@ -573,6 +576,12 @@ class Scanner:
                         continue  # unchanged: not even opened
                 else:
                     sealed = protects is not None and protects(rel)
+                refused = self._too_large.get(rel)
+                if refused is not None and refused == StatFingerprint(
+                    size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+                ):
+                    self._error(rel, _too_large_reason(None))
+                    continue
                 state.waiting += 1
                 self._submit(
                     _Pending(
@@ -756,13 +765,8 @@ class Scanner:
         if isinstance(outcome, ScanError):
             result.errors.append(outcome)
         elif len(outcome.blocks) > MAX_RECORD_BLOCKS:
-            result.errors.append(
-                ScanError(
-                    p.rel,
-                    f"too large to sync: {len(outcome.blocks)} blocks"
-                    f" (at most {MAX_RECORD_BLOCKS} in one file); not published",
-                )
-            )
+            result.errors.append(ScanError(p.rel, _too_large_reason(len(outcome.blocks))))
+            self._too_large[p.rel] = p.fp
         else:
             result.hashed_files += 1
             result.hashed_bytes += outcome.size
@@ -1022,6 +1026,11 @@ def still_directories(folder: Path, directories: list[str]) -> list[str]:
         except OSError:
             pass
     return out
+
+
+def _too_large_reason(blocks: int | None) -> str:
+    cut = f"{blocks} blocks" if blocks is not None else "unchanged since"
+    return f"too large to sync ({cut}; at most {MAX_RECORD_BLOCKS} blocks in one file)"
 
 
 def _hash_stable(
