@@ -32,8 +32,6 @@ As a program (``python minimal.py PORT``: key, then the files as
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import queue
 import socket
@@ -49,6 +47,8 @@ from typing import Any
 import blake3
 import nacl.bindings  # (initialises libsodium)
 from nacl._sodium import ffi, lib  # (PyNaCl's own libsodium binding)
+
+from syncron_p2p.paths import STATE_DIR
 
 # The channel's cipher as a node picks it (syncron_p2p/crypto/noise.py):
 # AES-256-GCM where libsodium runs it in hardware, else ChaCha20-Poly1305.
@@ -66,7 +66,6 @@ CHUNK = 65535 - 16  # plaintext per encrypted message (Noise's maximum message)
 TAG = 16
 HEAD = struct.Struct(">HQ")  # name length, file size; then name, hash (the first AD)
 SENT_AT_ONCE = 32  # files per send and per queue item
-STATE_DIR = ".syncron"  # (syncron_p2p.paths.STATE_DIR, without importing the package)
 
 Entry = tuple[int, bytes, str]  # size, blake3 hash, relative name
 
@@ -92,25 +91,6 @@ def tree_entries(src: Path, files: list[str]) -> list[Entry]:
     return out
 
 
-def _syncfs_function() -> Callable[[str], None]:
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name, use_errno=True) if name else None
-    call = getattr(libc, "syncfs", None)
-    if call is None:
-        return lambda _path: os.sync()
-
-    def syncfs(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if call(fd) != 0:
-                raise OSError(ctypes.get_errno(), "syncfs failed")
-        finally:
-            os.close(fd)
-
-    return syncfs
-
-
-_syncfs = _syncfs_function()
 _WRITEBACK: Callable[[int, int, int], None] | None = getattr(os, "sync_file_range", None)
 
 
@@ -125,12 +105,16 @@ class Flusher:
         self.thread.start()
 
     def _run(self) -> None:
+        # (imported here: the sender child, which never flushes, starts lighter)
+        from syncron_p2p.node.disk import _SYNCFS, _syncfs
+
+        flush: Callable[[str], None] = _syncfs if _SYNCFS is not None else lambda _p: os.sync()
         try:
             while (batch := self.batches.get()) is not None:
-                _syncfs(self.dest)  # the batch's data, before any of it is renamed
+                flush(self.dest)  # the batch's data, before any of it is renamed
                 for temp, target in batch:
                     os.rename(temp, target)
-            _syncfs(self.dest)  # the last renames
+            flush(self.dest)  # the last renames
         except BaseException as exc:
             self.error = exc
             while self.batches.get() is not None:  # (let the writer finish)

@@ -1029,7 +1029,7 @@ def still_directories(folder: Path, directories: list[str]) -> list[str]:
 
 
 def _too_large_reason(blocks: int | None) -> str:
-    cut = f"{blocks} blocks" if blocks is not None else "unchanged since"
+    cut = f"{blocks} blocks" if blocks is not None else "unchanged since it was refused"
     return f"too large to sync ({cut}; at most {MAX_RECORD_BLOCKS} blocks in one file)"
 
 
