@@ -107,6 +107,9 @@ def engine_round(folder: Path, frames: list[bytes], tuned_gc: bool) -> dict[str,
             engine.handle_many([], now)
         now += 0.001
     engine.handle_many([], now + 1.0)
+    while engine.flushing():  # (the last batches' flushes, beside the engine)
+        disk.wait_flushes()
+        engine.handle_many([], now + 1.0)
     wall = time.perf_counter() - t0
     c1 = os.times()
     gc.set_threshold(*DEFAULT_GC)

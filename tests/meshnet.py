@@ -53,8 +53,13 @@ class MeshNet:
         timing: Timing | None = None,
         roles: dict[int, Role] | None = None,
         clock_offsets: dict[int, float] | None = None,
+        slow_flushes: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
+        # Slow disks: an install batch's flush ends only when the net says
+        # (at a random step, and before each tick), so messages, edits and
+        # timers land while batches wait for their flush.
+        self.slow_flushes = slow_flushes
         self.loss, self.duplicate, self.shuffle = loss, duplicate, shuffle
         self.now = 0.0
         self.timing = timing or Timing(anti_entropy_period=5.0)
@@ -64,6 +69,7 @@ class MeshNet:
         for i, name in enumerate(names):
             index = Index.memory(name)
             disk = MemoryDisk()
+            disk.flushes.held = slow_flushes
             engine = Engine(
                 index,
                 disk,
@@ -156,7 +162,15 @@ class MeshNet:
         if changed:
             self._feed(node.name, LocalChanges(tuple(changed)))
 
+    def finish_flushes(self, name: str) -> None:
+        """End ``name``'s held flushes (slow_flushes) and let its engine know."""
+        node = self.nodes[name]
+        if node.disk.flushes.release():
+            self._feed(name, Tick())
+
     def step(self) -> bool:
+        if self.slow_flushes and self.rng.random() < 0.3:
+            self.finish_flushes(self.rng.choice(sorted(self.nodes)))
         if not self.queue:
             return False
         # Links are ordered streams: pick a random link, deliver its oldest message.
@@ -196,6 +210,7 @@ class MeshNet:
                 if (a, b) not in self.links:
                     self._link(a, b)
             for name in sorted(self.nodes):
+                self.finish_flushes(name)
                 self._feed(name, Tick())
 
     def converged(self) -> bool:

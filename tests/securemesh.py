@@ -42,6 +42,7 @@ class RealNode:
     scanner: Scanner
     disk: Disk
     engine: Engine
+    raw: RealDisk
     notices: list[Notice] = field(default_factory=list)
     scan_errors: list[str] = field(default_factory=list)
 
@@ -84,13 +85,14 @@ class SecureMesh:
                 members=lambda names=names: names,
             )
             scanner = Scanner(folder, index, secure_key=key)
-            self.nodes[name] = RealNode(name, folder, index, scanner, disk, engine)
+            self.nodes[name] = RealNode(name, folder, index, scanner, disk, engine, raw)
 
     def node(self, i: int) -> RealNode:
         return self.nodes[f"node{i}"]
 
     def close(self) -> None:
         for n in self.nodes.values():
+            n.raw.close()
             n.index.close()
         self.pool.shutdown()
 
@@ -106,6 +108,9 @@ class SecureMesh:
     def _feed(self, name: str, event: Input) -> None:
         node = self.nodes[name]
         self._execute(node, node.engine.handle(event, self.now))
+        while node.engine.flushing():  # (a real disk flushes beside the engine)
+            node.raw.wait_flushes()
+            self._execute(node, node.engine.handle(Tick(), self.now))
 
     def _execute(self, node: RealNode, effects: list[Effect]) -> None:
         for eff in effects:

@@ -604,7 +604,8 @@ def test_a_job_reading_a_path_its_batch_wrote_sees_the_write() -> None:
     engine.jobs = {copy.path: job1, "p.txt": job2}
     engine._ready = [job1, job2]
     with node.index.batch():
-        engine._install_ready()
+        engine._begin_flush()
+        engine._install_flushed()
     stored = node.index.get("p.txt")
     assert stored is not None and stored.version == winner.version
     assert net.files(0)["p.txt"] == b"local"
@@ -722,3 +723,177 @@ def test_the_record_of_which_job_holds_each_content_does_not_grow_with_the_trans
     net.run()
     assert net.converged()
     assert len(net.node(1).engine._key_owner) <= 50 + 1
+
+
+# ------------------------------------------------ flushes beside the engine
+
+
+def test_a_batch_is_installed_only_once_its_flush_ended_and_the_transfer_goes_on_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The node's disk flushes an install batch on its own thread. Until that
+    # flush ends, nothing of the batch is on show or in the index - and the
+    # engine goes on receiving blocks (into temps) while the disk writes.
+    net = _bigger_than_job_slots(monkeypatch, seed=13, more=50)
+    receiver = net.node(1)
+    receiver.disk.flushes.held = True
+    while not receiver.engine.flushing():
+        assert net.step()
+    _, batch = receiver.engine._flushing[0]
+    waiting = [job.target.path for job in batch]
+    assert waiting
+    received_before = receiver.engine.stats["blocks_remote"]
+    for _ in range(200):  # messages keep flowing; the batch keeps waiting
+        if not net.step():
+            break
+    assert receiver.engine.stats["blocks_remote"] > received_before
+    for path in waiting:
+        assert receiver.index.get(path) is None
+        assert path not in receiver.disk.entries
+    assert receiver.disk.flushes.release() >= 1
+    net._feed(receiver.name, Tick())
+    for path in waiting:
+        assert receiver.disk.entries[path].data == net.node(0).disk.entries[path].data
+        stored = receiver.index.get(path)
+        assert stored is not None and stored.version == net.node(0).index.get(path).version  # type: ignore[union-attr]
+    receiver.disk.flushes.held = False
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)
+
+
+def test_a_newer_version_arriving_while_its_batch_flushes_is_the_one_installed() -> None:
+    # p.txt's first version completed and waits for its flush; a newer one
+    # arrives meanwhile. The newer one is installed - never the older one over
+    # it - and the older one's flush ending changes nothing.
+    net = MeshNet(2, seed=17, shuffle=False)
+    net.node(1).disk.flushes.held = True
+    net.edit(0, lambda d: d.write("p.txt", b"version one"))  # type: ignore[attr-defined]
+    net.connect_all()
+    receiver = net.node(1)
+    while not receiver.engine.flushing():
+        assert net.step()
+    net.edit(0, lambda d: d.write("p.txt", b"version two"))  # type: ignore[attr-defined]
+    while net.step():
+        pass
+    assert "p.txt" not in receiver.disk.entries  # (both wait for flushes)
+    net.finish_flushes(receiver.name)
+    receiver.disk.flushes.held = False
+    net.run()
+    assert net.converged()
+    assert receiver.disk.entries["p.txt"].data == b"version two"
+    assert net.files(1) == net.files(0)
+
+
+def test_a_local_edit_made_while_a_batch_flushes_survives_its_install() -> None:
+    # The user writes p.txt on the receiver while the received p.txt waits for
+    # its flush: the install must find the path changed and keep both.
+    net = MeshNet(2, seed=19, shuffle=False)
+    receiver = net.node(1)
+    receiver.disk.flushes.held = True
+    net.edit(0, lambda d: d.write("p.txt", b"from the peer"))  # type: ignore[attr-defined]
+    net.connect_all()
+    while not receiver.engine.flushing():
+        assert net.step()
+    receiver.disk.write("p.txt", b"the user's own")  # (not scanned yet)
+    net.finish_flushes(receiver.name)
+    receiver.disk.flushes.held = False
+    net.edit(1, lambda d: None)  # the scan that finds the edit
+    net.run()
+    assert net.converged()
+    contents = sorted(e.data for p, e in receiver.disk.entries.items() if p.startswith("p"))
+    assert contents == [b"from the peer", b"the user's own"]
+    assert net.files(1) == net.files(0)
+
+
+def test_a_flush_failing_beside_the_engine_installs_nothing_and_is_retried() -> None:
+    net = MeshNet(2, seed=23)
+    _fill(net, 40)
+    receiver = net.node(1)
+    receiver.disk.flushes.held = True
+    net.connect_all()
+    while not receiver.engine.flushing():
+        assert net.step()
+    _, batch = receiver.engine._flushing[0]
+    paths = [job.target.path for job in batch]
+    real = receiver.disk.sync_temps
+
+    def failing(keys: object) -> None:
+        raise DiskFailure("cannot flush fetched files to disk: Input/output error")
+
+    receiver.disk.sync_temps = failing  # type: ignore[method-assign]
+    net.finish_flushes(receiver.name)
+    for path in paths:
+        assert path not in receiver.disk.entries
+        assert receiver.index.get(path) is None
+    errors = [n for n in receiver.notices if n.kind == "error"]
+    assert errors and "Input/output error" in errors[0].detail
+    receiver.disk.sync_temps = real  # type: ignore[method-assign]
+    receiver.disk.flushes.held = False
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)
+
+
+def test_real_disk_flushes_beside_the_caller_and_never_vouches_for_a_later_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from syncron_p2p.node import disk as disk_module
+
+    disk = RealDisk(tmp_path)
+    gate = threading.Event()
+    flushed: list[str] = []
+
+    def slow_syncfs(path: object) -> None:
+        gate.wait(10)
+        flushed.append(str(path))
+
+    monkeypatch.setattr(disk_module, "_syncfs", slow_syncfs)
+    monkeypatch.setattr(disk_module, "_SYNCFS", object())
+    woken = threading.Event()
+    disk.on_flushed = woken.set
+    keys = [blake3.blake3(f"f{i}".encode()).hexdigest() for i in range(3)]
+    for i, key in enumerate(keys):
+        disk.temp_write(key, 0, f"f{i}".encode())
+    ticket = disk.begin_sync_temps(keys)
+    assert not disk.temps_synced(ticket)  # the caller did not wait
+    disk.temp_write(keys[0], 0, b"f0")  # written again after the flush began
+    gate.set()
+    assert woken.wait(10)
+    assert disk.temps_synced(ticket)
+    assert flushed
+    assert not disk.temps_synced(ticket)  # (a ticket is taken once)
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    disk.install_file("b.txt", keys[1], 2, 0o644, None)
+    assert not fsyncs  # durable by the flush
+    disk.install_file("a.txt", keys[0], 2, 0o644, None)
+    assert len(fsyncs) == 1  # rewritten after the flush began: flushed on its own
+    assert (tmp_path / "a.txt").read_bytes() == b"f0"
+    disk.close()
+
+
+def test_real_disk_reports_a_failed_background_flush_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncron_p2p.node import disk as disk_module
+
+    disk = RealDisk(tmp_path)
+
+    def broken(path: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(disk_module, "_syncfs", broken)
+    monkeypatch.setattr(disk_module, "_SYNCFS", object())
+    keys = [blake3.blake3(f"g{i}".encode()).hexdigest() for i in range(2)]
+    for key in keys:
+        disk.temp_write(key, 0, b"gg")
+    ticket = disk.begin_sync_temps(keys)
+    disk.wait_flushes()
+    with pytest.raises(DiskFailure, match="Input/output error"):
+        disk.temps_synced(ticket)
+    assert not disk.temps_synced(ticket)
+    disk.close()

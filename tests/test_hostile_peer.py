@@ -63,7 +63,8 @@ class Victim:
         (self.root / "sub" / "a.txt").write_bytes(b"alpha")
         (tmp / "secret.txt").write_bytes(b"outside the folder")
         self.index = Index.open(self.root, "VICTIM")
-        self.engine = Engine(self.index, RealDisk(self.root), "VICTIM", timing=Timing())
+        self.disk = RealDisk(self.root)
+        self.engine = Engine(self.index, self.disk, "VICTIM", timing=Timing())
         changed = Scanner(self.root, self.index).scan().changed
         self.now = 0.0
         self.feed(LocalChanges(tuple(changed)))
@@ -77,6 +78,9 @@ class Victim:
     def feed(self, event: object) -> list[Effect]:
         self.now += 0.1
         effects = self.engine.handle(event, self.now)  # type: ignore[arg-type]
+        while self.engine.flushing():  # (the disk flushes beside the engine)
+            self.disk.wait_flushes()
+            effects += self.engine.handle(Tick(), self.now)
         if any(isinstance(e, Close) and e.peer == EVIL for e in effects):
             self.closed = True
         return effects

@@ -20,6 +20,7 @@ import ctypes
 import errno
 import itertools
 import os
+import queue
 import re
 import shutil
 import stat
@@ -78,6 +79,20 @@ class RealDisk:
         self._own: OrderedDict[str, tuple[Observation | None, float]] = OrderedDict()
         self._own_lock = threading.Lock()
         self._pending: dict[str, float] = {}  # path -> when we began changing it
+        # Flushes run beside the engine (begin_sync_temps), on one thread, in
+        # order. A temp counts as durable after a flush only if nothing was
+        # written to it after that flush began (_writes, _last_write).
+        self._writes = 0
+        self._last_write: dict[str, int] = {}
+        self._flush_jobs: queue.SimpleQueue[tuple[int, list[str]] | None] = queue.SimpleQueue()
+        self._flusher: threading.Thread | None = None
+        self._flush_lock = threading.Condition()
+        self._flush_done: dict[int, str | None] = {}  # ticket -> failure (under the lock)
+        self._flush_begun: dict[int, tuple[list[str], int]] = {}  # ticket -> (keys, _writes)
+        self._flush_last = 0
+        # Called from the flushing thread when a flush ends (the node wakes
+        # its engine with it); must not block.
+        self.on_flushed: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ helpers
     #
@@ -159,6 +174,8 @@ class RealDisk:
 
     def temp_write(self, key: str, offset: int, data: bytes) -> None:
         self._synced.discard(key)
+        self._writes += 1
+        self._last_write[key] = self._writes
         if offset == self._written.get(key, 0):
             self._written[key] = offset + len(data)
         else:
@@ -198,6 +215,7 @@ class RealDisk:
     def temp_discard(self, key: str) -> None:
         self._synced.discard(key)
         self._written.pop(key, None)
+        self._last_write.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp(key))
 
@@ -225,6 +243,7 @@ class RealDisk:
                 continue
             self._synced.discard(key)
             self._written.pop(key, None)
+            self._last_write.pop(key, None)
             removed += 1
         return removed
 
@@ -269,6 +288,7 @@ class RealDisk:
                 self._place(path, target, lambda: os.replace(temp, target))
             self._synced.discard(key)
             self._written.pop(key, None)
+            self._last_write.pop(key, None)
         except OSError as exc:
             raise DiskFailure(f"cannot install {path}: {exc.strerror}") from None
         return self._observed(path, target)
@@ -384,20 +404,88 @@ class RealDisk:
         if not todo:
             return
         with _failing("cannot flush fetched files to disk"):
-            if len(todo) > 1 and _SYNCFS is not None:
-                # One flush of the filesystem instead of a journal commit per file.
-                _syncfs(self.tmp)
-            else:
-                for key in todo:
-                    try:
-                        fd = os.open(self._temp(key), os.O_RDONLY | _O_NOFOLLOW)
-                    except FileNotFoundError:
-                        continue
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+            self._flush_temps([self._temp(k) for k in todo])
         self._synced.update(todo)
+
+    def _flush_temps(self, temps: list[str]) -> None:
+        if len(temps) > 1 and _SYNCFS is not None:
+            # One flush of the filesystem instead of a journal commit per file.
+            _syncfs(self.tmp)
+            return
+        for temp in temps:
+            try:
+                fd = os.open(temp, os.O_RDONLY | _O_NOFOLLOW)
+            except FileNotFoundError:
+                continue  # (discarded meanwhile: its install fails, not this flush)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def begin_sync_temps(self, keys: Sequence[str]) -> int:
+        """:meth:`sync_temps` on the flushing thread: the engine goes on
+        receiving (and writing other temps) while the disk writes these."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self._synced]
+        self._flush_last += 1
+        ticket = self._flush_last
+        self._flush_begun[ticket] = (todo, self._writes)
+        if not todo:
+            with self._flush_lock:
+                self._flush_done[ticket] = None
+            return ticket
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=self._flushing, name="syncron-flush", daemon=True
+            )
+            self._flusher.start()
+        self._flush_jobs.put((ticket, [self._temp(k) for k in todo]))
+        return ticket
+
+    def temps_synced(self, ticket: int) -> bool:
+        with self._flush_lock:
+            if ticket not in self._flush_done:
+                return False
+            failure = self._flush_done.pop(ticket)
+        todo, began = self._flush_begun.pop(ticket)
+        if failure is not None:
+            raise DiskFailure(failure)
+        # Durable: what was written before the flush began (a temp written
+        # again since, by a later job of the same content, is not).
+        self._synced.update(k for k in todo if self._last_write.get(k, 0) <= began)
+        return True
+
+    def _flushing(self) -> None:
+        """The flushing thread: run each begun flush, in order, until closed."""
+        while (job := self._flush_jobs.get()) is not None:
+            ticket, temps = job
+            failure: str | None = None
+            try:
+                self._flush_temps(temps)
+            except Exception as exc:  # (whatever it is, the engine must hear of it)
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                failure = f"cannot flush fetched files to disk: {reason}"
+            with self._flush_lock:
+                self._flush_done[ticket] = failure
+                self._flush_lock.notify_all()
+            callback = self.on_flushed
+            if callback is not None:
+                # (Never let a waker's failure end this thread: every later
+                # flush would wait for ever.)
+                with contextlib.suppress(Exception):
+                    callback()
+
+    def wait_flushes(self) -> None:
+        """Wait until every flush begun so far has ended."""
+        begun = list(self._flush_begun)
+        with self._flush_lock:
+            self._flush_lock.wait_for(lambda: all(t in self._flush_done for t in begun))
+
+    def close(self) -> None:
+        """End the flushing thread (after the flushes begun so far)."""
+        if self._flusher is not None:
+            self._flush_jobs.put(None)
+            self._flusher.join()
+            self._flusher = None
 
     def sync_installed(self) -> None:
         dirty, self._dirty = self._dirty, set()

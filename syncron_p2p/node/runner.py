@@ -28,6 +28,7 @@ the same peer appears, both ends keep the one dialled by the smaller node id
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -179,6 +180,7 @@ class Node:
         self._bulk = False  # a bulk transfer paused the watcher
         self._bulk_event = trio.Event()
         self._timers_wake = trio.Event()  # the engine has more to do at once
+        self._flushed = False  # the disk finished a flush the engine waits for
         self._progress = trio.Event()  # set (and replaced) after every engine call
         self._rate_since = 0.0  # start of the current BULK_WINDOW
         self._rate_base = 0  # engine "applied" count at that start
@@ -620,12 +622,28 @@ class Node:
 
     # ================================================================ timers
 
+    def _disk_flushed(self) -> None:
+        """(In trio's thread) the disk finished a flush: the engine installs
+        what it made durable at once, not at its next poll."""
+        self._flushed = True
+        self._timers_wake.set()
+
     async def _timers(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def flushed() -> None:  # (in the disk's flushing thread)
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._disk_flushed)
+
+        self.real_disk.on_flushed = flushed
         while True:
             self._timers_wake = trio.Event()  # before looking: no wake-up is lost
             async with self.lock:
                 deadline = self.engine.next_deadline()
                 more = self.engine.has_more() and not self._stopping
+            if self._flushed:
+                self._flushed = False
+                more = more or not self._stopping
             if more:
                 # A capped call left work (a big range reply, many files to
                 # start): go on now. Fed from here, not from a connection's
@@ -983,6 +1001,8 @@ class Node:
                 if self.discovery is not None:
                     await self.discovery.stop()
                 async with self.lock:
+                    self.real_disk.on_flushed = None
+                    await trio.to_thread.run_sync(self.real_disk.close)
                     self.index.close()
                 self.finished.set()
 

@@ -14,7 +14,7 @@ test suite runs against both.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from syncron_p2p.errors import SyncronError
@@ -122,8 +122,68 @@ class Disk(Protocol):
         not synced this way durable itself.
         """
 
+    def begin_sync_temps(self, keys: Sequence[str]) -> int:
+        """Start :meth:`sync_temps` for ``keys`` without waiting for it.
+
+        Returns a ticket for :meth:`temps_synced`. A disk whose flushes take
+        time runs them beside the engine, so it goes on receiving while the
+        disk writes (see :class:`SyncFlushes` for one that flushes at once).
+        """
+        ...
+
+    def temps_synced(self, ticket: int) -> bool:
+        """Has the flush of ``ticket`` (:meth:`begin_sync_temps`) finished?
+
+        True once: the ticket is then forgotten. Raises :class:`DiskFailure`
+        (once) if the flush failed; the temps are then not durable.
+        """
+        ...
+
     def sync_installed(self) -> None:
         """Make every install, move and removal so far durable.
 
         The engine calls it before the index records them (group commit).
         """
+
+
+class Flushes:
+    """Tickets of :meth:`Disk.begin_sync_temps` for a disk that runs its
+    flushes itself: each one finishes inside :meth:`run`, unless ``held`` (a
+    test's slow disk), when it waits for :meth:`release`."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self._waiting: list[tuple[int, Callable[[], None]]] = []
+        self._results: dict[int, str | None] = {}
+        self._last = 0
+
+    def run(self, flush: Callable[[], None]) -> int:
+        self._last += 1
+        if self.held:
+            self._waiting.append((self._last, flush))
+        else:
+            self._finish(self._last, flush)
+        return self._last
+
+    def release(self) -> int:
+        """Finish the held flushes, in order; how many there were."""
+        waiting, self._waiting = self._waiting, []
+        for ticket, flush in waiting:
+            self._finish(ticket, flush)
+        return len(waiting)
+
+    def _finish(self, ticket: int, flush: Callable[[], None]) -> None:
+        try:
+            flush()
+        except DiskFailure as exc:
+            self._results[ticket] = str(exc)
+        else:
+            self._results[ticket] = None
+
+    def done(self, ticket: int) -> bool:
+        if ticket not in self._results:
+            return False
+        failure = self._results.pop(ticket)
+        if failure is not None:
+            raise DiskFailure(failure)
+        return True

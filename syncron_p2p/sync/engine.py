@@ -140,6 +140,10 @@ READY_FILES = 256
 KEY_OWNERS_SLACK = 1024  # stale content-owner entries tolerated before a prune
 READY_BYTES = 64 * 1024 * 1024
 READY_DELAY = 0.1
+# Install batches whose temps are being flushed at a time (Disk.begin_sync_temps);
+# while one flushes, the engine goes on receiving. Polled at least this often.
+FLUSHES_IN_FLIGHT = 2
+FLUSH_POLL = 0.05
 # Block bytes in flight per peer (besides Timing.block_window, a count): small
 # files keep many requests in flight, big blocks a few megabytes' worth.
 WINDOW_BYTES = 8 * 1024 * 1024
@@ -280,6 +284,9 @@ class Engine:
         self._key_waiting = {}
         self._ready: list[Job] = []  # all blocks at hand: installed together (_install_due)
         self._ready_since = 0.0  # when the oldest of them became ready
+        # Batches whose temps are being made durable: (ticket, jobs), oldest
+        # first; their jobs stay in self.jobs until installed.
+        self._flushing: deque[tuple[int, list[Job]]] = deque()
         self._outbox: list[tuple[Record, str]] = []  # (stored record, peer not to tell)
         self._batch_stored: list[Record] = []  # stored by the running handle_many
         # While an install batch runs: what its files store, written at its end
@@ -313,13 +320,14 @@ class Engine:
     def handle_many(self, events: Sequence[Input], now: float) -> list[Effect]:
         """Process inputs in order, as one batch; return the effects to execute.
 
-        The batch is the unit of durability (group commit): the files it
-        completes are made durable together (``Disk.sync_temps``), renamed
-        into place, the renames made durable (``Disk.sync_installed``), and
-        only then is the index committed - one transaction for the batch.
-        A crash at any point leaves each file old or new, and the index never
-        ahead of the disk. Messages to peers are only returned, so they go
-        out after the commit.
+        The batch is the unit of durability (group commit): the files
+        completed together are made durable together (``Disk.begin_sync_temps``:
+        the flush runs beside the engine, which goes on receiving meanwhile),
+        renamed into place by the first call that finds their flush done, the
+        renames made durable (``Disk.sync_installed``), and only then is the
+        index committed - one transaction per call. A crash at any point
+        leaves each file old or new, and the index never ahead of the disk.
+        Messages to peers are only returned, so they go out after the commit.
         """
         self._now = now
         self._out = []
@@ -375,6 +383,11 @@ class Engine:
             return True
         return any(state.serving or state.block_requests for state in self.peers.values())
 
+    def flushing(self) -> bool:
+        """Install batches wait for their flush to end (the driver hears of
+        it from the disk, and calls again; or at :meth:`next_deadline`)."""
+        return bool(self._flushing)
+
     def saturated(self) -> bool:
         """Enough queued to keep the next calls busy, and they can run by themselves.
 
@@ -393,6 +406,9 @@ class Engine:
             times.append(self._now)
         if self._ready:
             times.append(self._ready_since + READY_DELAY)
+        if self._flushing:
+            # (The driver is told when a flush ends; this is the fallback.)
+            times.append(self._now + FLUSH_POLL)
         return min(times) if times else None
 
     # ============================================================== peers
@@ -866,9 +882,13 @@ class Engine:
                 rec, sources = self.queue.pop(path)
                 self._start(rec, sources, self._take_held(path))
             self._request_blocks()
-            if not self._ready or not self._install_due():
+            # Installing frees job slots: start more, and go round again.
+            installed = self._install_flushed()
+            if self._ready and self._install_due() and len(self._flushing) < FLUSHES_IN_FLIGHT:
+                self._begin_flush()
+                installed += self._install_flushed()  # (a disk that flushes at once)
+            if not installed:
                 break
-            self._install_ready()  # frees job slots: start more
         if not self.jobs and not self.queue and self.deletes:
             self._run_deletes()
         if not self.queue and not self.jobs:
@@ -1082,7 +1102,8 @@ class Engine:
         self._wanting[job.target.path] = None
 
     def _check_stalled(self, job: Job) -> None:
-        if not job.sources and not job.inflight and job.stalled_since is None:
+        """A job still missing blocks and nobody left to ask: note since when."""
+        if job.missing and not job.sources and not job.inflight and job.stalled_since is None:
             job.stalled_since = self._now
 
     def _ready_job(self, job: Job) -> None:
@@ -1113,28 +1134,42 @@ class Engine:
         # More is on its way while blocks are requested or records queued.
         return not self.queue and not any(state.blocks for state in self.peers.values())
 
-    def _install_ready(self) -> None:
-        """Install the completed jobs together (see :meth:`handle_many`)."""
-        while self._ready:
-            batch, self._ready = self._ready, []
+    def _begin_flush(self) -> None:
+        """Start making the completed jobs' temps durable, as one batch."""
+        batch, self._ready = self._ready, []
+        batch = [j for j in batch if self.jobs.get(j.target.path) is j]
+        files = [j.key for j in batch if j.target.type == EntryType.FILE]
+        self._flushing.append((self.disk.begin_sync_temps(files), batch))
+
+    def _install_flushed(self) -> int:
+        """Install the batches whose flush is done (see :meth:`handle_many`),
+        oldest first; how many."""
+        installed = 0
+        while self._flushing:
+            ticket, batch = self._flushing[0]
+            try:
+                if not self.disk.temps_synced(ticket):
+                    break
+                failure = None
+            except DiskFailure as exc:
+                failure = exc
+            self._flushing.popleft()
+            installed += 1
+            # (A job dropped meanwhile - superseded, abandoned - is skipped.)
             batch = [j for j in batch if self.jobs.get(j.target.path) is j]
             for job in batch:
                 del self.jobs[job.target.path]
-            files = [j.key for j in batch if j.target.type == EntryType.FILE]
-            if files:
-                try:
-                    self.disk.sync_temps(files)
-                except DiskFailure as exc:
-                    # Nothing is installed that is not durable. The temps stay
-                    # (what they hold is found again on the retry).
-                    self._notice("error", "", f"{exc}; {len(batch)} file(s) tried again later")
-                    for job in batch:
-                        self.retry[job.remote.path] = (
-                            self._now + 30 * self.timing.retry_delay,
-                            job.remote,
-                            job.origin_peer,
-                        )
-                    continue
+            if failure is not None:
+                # Nothing is installed that is not durable. The temps stay
+                # (what they hold is found again on the retry).
+                self._notice("error", "", f"{failure}; {len(batch)} file(s) tried again later")
+                for job in batch:
+                    self.retry[job.remote.path] = (
+                        self._now + 30 * self.timing.retry_delay,
+                        job.remote,
+                        job.origin_peer,
+                    )
+                continue
             # The installed records are stored together, in one write.
             self._deferred = []
             try:
@@ -1144,6 +1179,7 @@ class Engine:
             finally:  # (an exception ends the whole index batch: nothing to keep)
                 self._deferred = None
                 self._deferred_paths.clear()
+        return installed
 
     def _request_blocks(self) -> None:
         """Fill each peer's window with requests for blocks of waiting jobs.

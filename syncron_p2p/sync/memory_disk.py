@@ -29,6 +29,7 @@ from syncron_p2p.index.records import (
 from syncron_p2p.paths import STATE_DIR, parent, validate
 from syncron_p2p.sync.disk import (
     DiskFailure,
+    Flushes,
     LocalChanged,
     NotEmpty,
     Observation,
@@ -69,6 +70,7 @@ class MemoryDisk:
         self.kept: list[tuple[str, bytes]] = []  # (path, content) given to keep_copy
         self.temp_syncs = 0  # sync_temps calls (one per install batch)
         self.synced_temps = 0  # temps they covered
+        self.flushes = Flushes()  # (held: a slow disk, for tests)
 
     # ------------------------------------------------------------ user edits
 
@@ -331,6 +333,13 @@ class MemoryDisk:
     def sync_temps(self, keys: Sequence[str]) -> None:
         self.temp_syncs += 1
         self.synced_temps += len(keys)
+
+    def begin_sync_temps(self, keys: Sequence[str]) -> int:
+        keys = list(keys)
+        return self.flushes.run(lambda: self.sync_temps(keys))
+
+    def temps_synced(self, ticket: int) -> bool:
+        return self.flushes.done(ticket)
 
     def sync_installed(self) -> None:
         pass  # memory: nothing to flush

@@ -312,6 +312,12 @@ class SealedDisk:
         # the inner disk makes durable then; syncing the sealed one is waste.
         self.inner.sync_temps([k for k in keys if k not in self._planned])
 
+    def begin_sync_temps(self, keys: Sequence[str]) -> int:
+        return self.inner.begin_sync_temps([k for k in keys if k not in self._planned])
+
+    def temps_synced(self, ticket: int) -> bool:
+        return self.inner.temps_synced(ticket)
+
     def sync_installed(self) -> None:
         self.inner.sync_installed()
 
