@@ -500,3 +500,32 @@ def test_a_block_of_an_ordinary_file_is_read_without_a_record() -> None:
     sealed = disk.read_block("keys/a", 0, rec.blocks[0].size)
     assert sealed is not None and blake3.blake3(sealed).digest() == rec.blocks[0].hash
     assert looked_up == ["keys/a"]
+
+
+def test_a_plan_forgotten_while_its_job_waited_never_installs_ciphertext(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sealed disk remembers a bounded number of planned sealed temps. A
+    # job that waited long (its batch flushing, many others started since)
+    # could find its plan dropped; installed as an ordinary temp, the sealed
+    # object became the key-holder's "plaintext" file. The engine says the
+    # plan again right before each install.
+    from syncron_p2p.sync import sealed_disk
+
+    monkeypatch.setattr(sealed_disk, "MAX_PLANNED", 2)
+    m = SecureMesh(tmp_path, [KEY, KEY])
+    try:
+        src, dst = m.node(0), m.node(1)
+        (src.folder / ".secure").write_bytes(b"*.kdbx\n")
+        want = {f"v/f{i}.kdbx": f"secret plaintext {i}\n".encode() for i in range(12)}
+        for rel, data in want.items():
+            (src.folder / rel).parent.mkdir(exist_ok=True)
+            (src.folder / rel).write_bytes(data)
+        m.scan(0)
+        m.connect_all()
+        m.run()
+        assert m.converged()
+        for rel, data in want.items():
+            assert (dst.folder / rel).read_bytes() == data
+    finally:
+        m.close()

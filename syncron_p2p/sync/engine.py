@@ -757,8 +757,10 @@ class Engine:
             # on, and answer that they no longer have its blocks). Drop it and
             # take this record now, rather than wait for the job to give up.
             self._abandon(job)
-            if job.target.type == EntryType.FILE and all(
-                j.key != job.key for j in self.jobs.values()
+            if (
+                job.target.type == EntryType.FILE
+                and rec.content_hash != job.target.content_hash  # (else the next job uses it)
+                and all(j.key != job.key for j in self.jobs.values())
             ):
                 with contextlib.suppress(DiskFailure):
                     self.disk.temp_discard(job.key)  # (its content is history)
@@ -868,15 +870,21 @@ class Engine:
             # per start would cost time quadratic in the queue's length
             # (starting never queues anything). _starts may pass the cap: an
             # ancestor is started with its child.
+            # Nothing starts while the disk is behind (every flush slot taken
+            # and a batch's worth waiting): the finished jobs would pile up
+            # (and the records with them) instead of waiting in the queue,
+            # where the driver's flow control sees them.
             budget = max(STARTS_PER_CALL - self._starts, 0)
             for path in list(itertools.islice(self._inline, budget)):
-                if self._starts >= STARTS_PER_CALL:
+                if self._starts >= STARTS_PER_CALL or self._disk_behind():
                     break
                 if path in self._inline:  # (not started as an ancestor meanwhile)
                     self._start_queued(path)
             room = min(MAX_ACTIVE_JOBS - len(self.jobs), STARTS_PER_CALL - self._starts)
             for path in list(itertools.islice(self.queue, max(room, 0))):
                 if len(self.jobs) >= MAX_ACTIVE_JOBS or self._starts >= STARTS_PER_CALL:
+                    break
+                if self._disk_behind():
                     break
                 self._starts += 1
                 rec, sources = self.queue.pop(path)
@@ -1134,6 +1142,10 @@ class Engine:
         # More is on its way while blocks are requested or records queued.
         return not self.queue and not any(state.blocks for state in self.peers.values())
 
+    def _disk_behind(self) -> bool:
+        """Every flush slot is taken and a whole batch waits for one."""
+        return len(self._flushing) >= FLUSHES_IN_FLIGHT and len(self._ready) >= READY_FILES
+
     def _begin_flush(self) -> None:
         """Start making the completed jobs' temps durable, as one batch."""
         batch, self._ready = self._ready, []
@@ -1291,6 +1303,13 @@ class Engine:
             # is stale. Resolve the received record again against the new state.
             self.retry[job.remote.path] = (self._now, job.remote, job.origin_peer)
             return
+        if target.type == EntryType.FILE and not target.deleted:
+            # Optional Disk hook (sealed_disk.py): said again right before the
+            # install - what a temp holds must never be decided by a memory
+            # of plans that may have dropped this one while the job waited.
+            will_install = getattr(self.disk, "will_install", None)
+            if will_install is not None:
+                will_install(target)
         try:
             if job.repair and expect is not None:
                 # What the repair replaces was judged damaged by its metadata
