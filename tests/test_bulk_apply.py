@@ -923,6 +923,7 @@ def test_a_slow_disk_holds_back_new_jobs_instead_of_piling_them_up() -> None:
         peak = max(peak, len(receiver.engine.jobs))
     assert receiver.engine.flushing()
     assert receiver.engine.queue  # the rest waits its turn
+    assert receiver.engine.saturated()  # ... and the node stops reading meanwhile
     assert peak <= engine_module.MAX_ACTIVE_JOBS + 3 * engine_module.READY_FILES
     receiver.disk.flushes.held = False
     net.run()

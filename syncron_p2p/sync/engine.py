@@ -392,8 +392,12 @@ class Engine:
         """Enough queued to keep the next calls busy, and they can run by themselves.
 
         A driver may stop feeding a peer's messages meanwhile (flow control):
-        the queue drains through calls the driver makes on its own (has_more).
+        the queue drains through calls the driver makes on its own (has_more),
+        or, while the disk is behind (:meth:`_disk_behind`), through the calls
+        that follow its flushes (the disk ends them by itself).
         """
+        if self._disk_behind():
+            return True
         full = len(self.queue) >= INGEST_HIGH or self._inline_bytes >= INLINE_HELD // 2
         full = full or any(len(s.block_requests) >= INGEST_HIGH for s in self.peers.values())
         return full and self.has_more()
