@@ -529,3 +529,28 @@ def test_a_plan_forgotten_while_its_job_waited_never_installs_ciphertext(
             assert (dst.folder / rel).read_bytes() == data
     finally:
         m.close()
+
+
+def test_an_edit_on_a_keyless_node_is_kept_when_the_next_version_replaces_it(
+    mesh: SecureMesh,
+) -> None:
+    # .secure gains a pattern for a file everyone has in plaintext; before a
+    # key-holder seals it, the user of a node without the key edits it. That
+    # edit cannot be published (the node cannot seal), and the key-holder's
+    # sealed version replaces the file - but the edit is kept for its owner.
+    populate(mesh)
+    mesh.write(1, "diary.txt", b"dear diary, day one\n")
+    mesh.run()
+    keyless = mesh.node(2)
+    mesh.write(2, ".secure", b"keys/\n*.kdbx\n/tax/\ndiary.txt\n")
+    mesh.write(2, "diary.txt", b"dear diary, the keyless node's own day two\n")
+    assert any("diary.txt" in e and "kept as" in e for e in keyless.scan_errors)
+    mesh.run()
+    mesh.scan(0)  # a key-holder seals it (the node's watcher does this when .secure arrives)
+    mesh.run()
+    rec = keyless.index.get("diary.txt")
+    assert rec is not None and rec.sealed and len(mesh.roots()) == 1
+    assert b"own day two" not in (keyless.folder / "diary.txt").read_bytes()
+    kept = list((keyless.folder / ".syncron" / "damaged").iterdir())
+    assert [p.read_bytes() for p in kept] == [b"dear diary, the keyless node's own day two\n"]
+    assert kept[0].name.startswith("diary.txt.")

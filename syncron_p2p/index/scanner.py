@@ -70,7 +70,7 @@ import blake3
 import msgpack
 
 from syncron_p2p.crypto.sealed import Sealer, SealKeys
-from syncron_p2p.folder import TMP_DIR
+from syncron_p2p.folder import TMP_DIR, keep_copy_of
 from syncron_p2p.index.blocks import (
     MAX_RECORD_BLOCKS,
     FileDigest,
@@ -887,12 +887,24 @@ class Scanner:
         if same and old is not None and old.mode == p.mode:
             self._emit(replace(old, fingerprint=p.fp))
             return
-        self._error(
-            p.rel, "protected by .secure and changed here without the secure key; not synced"
-        )
+        reason = "protected by .secure and changed here without the secure key; not synced"
         if live and old is not None:
-            # Keep the record (what the mesh holds); the next version replaces the file.
+            # Keep the record (what the mesh holds); the next version replaces
+            # the file. Not this edit with it: it is kept where its owner finds
+            # it (a pattern added to .secure after the file was written here,
+            # before a key-holder sealed it, must not cost the edit).
+            if not same:
+                try:
+                    where = keep_copy_of(self.folder, p.rel, p.abspath)
+                except OSError as exc:
+                    reason += f"; could not keep a copy of this version ({exc.strerror or exc})"
+                else:
+                    reason += (
+                        f"; this version is kept as {where} (the mesh's next version"
+                        " replaces the file)"
+                    )
             self._emit(replace(old, fingerprint=p.fp))
+        self._error(p.rel, reason)
 
     def _drop_kept(self, old: Record) -> None:
         """Remove the kept sealed object of ``old`` unless another path has it."""

@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import itertools
 import os
 import queue
 import re
-import shutil
 import stat
 import sys
 import threading
@@ -35,7 +33,7 @@ from typing import Any
 import blake3
 
 from syncron_p2p.errors import UnsafePathError
-from syncron_p2p.folder import DAMAGED_DIR, TMP_DIR
+from syncron_p2p.folder import TMP_DIR, keep_copy_of
 from syncron_p2p.index.records import Block, EntryType, Record, StatFingerprint
 from syncron_p2p.paths import STATE_DIR, safe_join_str
 from syncron_p2p.sync.disk import (
@@ -371,33 +369,13 @@ class RealDisk:
         it). The kernel copies (``copy_file_range``/``sendfile``).
         """
         target = self._path(path)
-        kept_dir = self.root / STATE_DIR / DAMAGED_DIR
         with _failing(f"cannot keep a copy of {path}"):
             self._check(path, target, expect)
-            kept_dir.mkdir(mode=0o700, exist_ok=True)
-            stem = path.replace("%", "%25").replace("/", "%")
-            if len(os.fsencode(stem)) > KEPT_NAME_MAX:
-                ext = os.path.splitext(path)[1]
-                ext = ext if len(os.fsencode(ext)) <= 16 else ""
-                stem = blake3.blake3(os.fsencode(path)).hexdigest(length=16) + ext
-            for n in itertools.count(1):
-                dest = f"{kept_dir}/{stem}.{n}"
-                try:
-                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
-                except FileExistsError:
-                    continue
-                os.close(fd)
-                break
-            try:
-                shutil.copyfile(target, dest, follow_symlinks=False)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(dest)
-                raise
+            where = keep_copy_of(self.root, path, target)
             now = self._check(path, target, expect)  # (an edit while we copied: not ours)
         if now is None:
             raise LocalChanged(f"{path} is gone")
-        return f"{STATE_DIR}/{DAMAGED_DIR}/{stem}.{n}", now
+        return where, now
 
     def sync_temps(self, keys: Sequence[str]) -> None:
         todo = [k for k in dict.fromkeys(keys) if k not in self._synced]
@@ -668,7 +646,6 @@ _SYNC_FILE_RANGE = _linux_libc(
     "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
 )
 _SYNC_FILE_RANGE_WRITE = 2
-KEPT_NAME_MAX = 200  # bytes of a kept copy's name (file systems allow 255)
 WRITEBACK_MIN = 64 * 1024  # smaller temps: one flush per batch is cheaper than a call each
 
 
