@@ -8,9 +8,11 @@ its own file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import blake3
@@ -24,13 +26,25 @@ DAMAGED_DIR = "damaged"  # files replaced by a repair (verify), kept for their o
 KEPT_NAME_MAX = 200  # bytes of a kept copy's name (file systems allow 255)
 
 
-def keep_copy_of(folder: Path, rel: str, source: str) -> str:
-    """Copy the file ``source`` (what stands at ``rel``) into ``.syncron/damaged/``
-    as ``<rel, / as %>.<n>`` (a hash of ``rel`` when that name would be too
-    long), a new name each time; where, relative to ``folder``.
+def keep_copy_of(
+    folder: Path,
+    rel: str,
+    source: str,
+    *,
+    suffix: str | None = None,
+    same_as: tuple[int, int, int] | None = None,
+) -> str:
+    """Copy the regular file ``source`` (what stands at ``rel``) into
+    ``.syncron/damaged/``; where, relative to ``folder``. Raises ``OSError``.
 
-    A copy, not a hard link: reading leaves the file's fingerprint as it is.
-    Raises ``OSError``.
+    Named ``<rel, / as %>.<n>`` (a hash of ``rel`` when that name would be
+    too long), a new ``n`` each time - or, with ``suffix``, ``<...>.<suffix>``,
+    replacing the previous copy of that name (one per path). ``same_as``:
+    the (size, mtime_ns, inode) the file must still have, or nothing is kept
+    (``OSError(ESTALE)``). Nothing is followed: not a symlink at ``source``
+    (a regular file only), nor one standing for ``damaged/``. A copy, not a
+    hard link: reading leaves the file's fingerprint as it is; made under a
+    temporary name first, so a copy is never half there under its name.
     """
     kept_dir = folder / STATE_DIR / DAMAGED_DIR
     kept_dir.mkdir(mode=0o700, exist_ok=True)
@@ -40,21 +54,48 @@ def keep_copy_of(folder: Path, rel: str, source: str) -> str:
         ext = ext if len(os.fsencode(ext)) <= 16 else ""
         stem = blake3.blake3(os.fsencode(rel)).hexdigest(length=16) + ext
     nofollow = getattr(os, "O_NOFOLLOW", 0)
-    for n in itertools.count(1):
-        dest = f"{kept_dir}/{stem}.{n}"
-        try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        break
+    src = os.open(source, os.O_RDONLY | nofollow)
     try:
-        shutil.copyfile(source, dest, follow_symlinks=False)  # (the kernel copies)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(dest)
-        raise
-    return f"{STATE_DIR}/{DAMAGED_DIR}/{stem}.{n}"
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if same_as is not None and same_as != (st.st_size, st.st_mtime_ns, st.st_ino):
+            raise OSError(errno.ESTALE, "changed again meanwhile")
+        dfd = os.open(kept_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | nofollow)
+        try:
+            temp = f".{stem[:64]}.{os.urandom(6).hex()}.part"
+            dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600, dir_fd=dfd)
+            try:
+                with os.fdopen(os.dup(src), "rb") as fin, os.fdopen(dst, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+                if suffix is not None:
+                    name = f"{stem}.{suffix}"
+                    os.rename(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                else:
+                    for n in itertools.count(1):
+                        name = f"{stem}.{n}"
+                        try:  # a new name, taken first: never over an earlier copy
+                            os.close(
+                                os.open(
+                                    name,
+                                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow,
+                                    0o600,
+                                    dir_fd=dfd,
+                                )
+                            )
+                        except FileExistsError:
+                            continue
+                        break
+                    os.rename(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=dfd)
+                raise
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(src)
+    return f"{STATE_DIR}/{DAMAGED_DIR}/{name}"
 
 
 def check_folder(folder: Path) -> Path:

@@ -7,6 +7,7 @@ import random
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -553,4 +554,107 @@ def test_an_edit_on_a_keyless_node_is_kept_when_the_next_version_replaces_it(
     assert b"own day two" not in (keyless.folder / "diary.txt").read_bytes()
     kept = list((keyless.folder / ".syncron" / "damaged").iterdir())
     assert [p.read_bytes() for p in kept] == [b"dear diary, the keyless node's own day two\n"]
-    assert kept[0].name.startswith("diary.txt.")
+    assert kept[0].name == "diary.txt.unsynced"
+
+
+def test_a_keyless_edit_is_kept_once_and_only_its_latest_version(
+    mesh: SecureMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scans that find nothing new keep nothing new (a file a new pattern
+    # protects was hashed again at every scan, and copied each time), and a
+    # file edited again replaces its earlier kept copy: one per path.
+    from syncron_p2p.index import scanner as scanner_module
+
+    copies: list[str] = []
+    real = scanner_module.keep_copy_of
+
+    def counting(folder: Path, rel: str, source: str, **kwargs: Any) -> str:
+        copies.append(rel)
+        return real(folder, rel, source, **kwargs)
+
+    monkeypatch.setattr(scanner_module, "keep_copy_of", counting)
+    populate(mesh)
+    mesh.write(1, "notes.txt", b"v1\n" * 1000)
+    mesh.run()
+    keyless = mesh.node(2)
+    mesh.write(2, ".secure", b"keys/\n*.kdbx\n/tax/\nnotes.txt\n")
+    damaged = keyless.folder / ".syncron" / "damaged"
+    mesh.write(2, "notes.txt", b"edit one\n")
+    for _ in range(3):
+        mesh.scan(2)
+    assert copies == ["notes.txt"]
+    assert [p.read_bytes() for p in damaged.iterdir()] == [b"edit one\n"]
+    mesh.write(2, "notes.txt", b"edit two, on top\n")
+    mesh.scan(2)
+    assert [p.read_bytes() for p in damaged.iterdir()] == [b"edit two, on top\n"]
+
+
+def test_a_keyless_edit_that_cannot_be_kept_is_not_replaced(
+    mesh: SecureMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncron_p2p.index import scanner as scanner_module
+
+    populate(mesh)
+    mesh.write(1, "notes.txt", b"v1\n")
+    mesh.run()
+    keyless = mesh.node(2)
+    mesh.write(2, ".secure", b"keys/\n*.kdbx\n/tax/\nnotes.txt\n")
+
+    def full(*args: object, **kwargs: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scanner_module, "keep_copy_of", full)
+    mesh.write(2, "notes.txt", b"the keyless user's edit\n")
+    assert any("could not keep a copy" in e for e in keyless.scan_errors)
+    mesh.run(seconds=30)  # .secure reaches the key-holders
+    mesh.scan(0)  # one seals it: its version must not replace the edit
+    mesh.run(seconds=30)
+    rec = mesh.node(0).index.get("notes.txt")
+    assert rec is not None and rec.sealed
+    assert (keyless.folder / "notes.txt").read_bytes() == b"the keyless user's edit\n"
+    monkeypatch.undo()  # the disk has room again: the next scan keeps it, then it goes
+    mesh.scan(2)
+    mesh.run()
+    kept = keyless.folder / ".syncron" / "damaged" / "notes.txt.unsynced"
+    assert kept.read_bytes() == b"the keyless user's edit\n"
+    assert (keyless.folder / "notes.txt").read_bytes() != b"the keyless user's edit\n"
+
+
+def test_kept_copies_follow_no_symlink_and_keep_only_what_was_seen(tmp_path: Path) -> None:
+    import errno
+
+    from syncron_p2p.folder import keep_copy_of, state_dir
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    state_dir(folder)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "a.txt").write_bytes(b"one")
+    assert keep_copy_of(folder, "a.txt", str(folder / "a.txt")) == ".syncron/damaged/a.txt.1"
+    assert keep_copy_of(folder, "a.txt", str(folder / "a.txt")) == ".syncron/damaged/a.txt.2"
+    (folder / "a.txt").write_bytes(b"two")
+    where = keep_copy_of(folder, "a.txt", str(folder / "a.txt"), suffix="unsynced")
+    (folder / "a.txt").write_bytes(b"three")
+    assert keep_copy_of(folder, "a.txt", str(folder / "a.txt"), suffix="unsynced") == where
+    damaged = folder / ".syncron" / "damaged"
+    assert sorted((p.name, p.read_bytes()) for p in damaged.iterdir()) == [
+        ("a.txt.1", b"one"),
+        ("a.txt.2", b"one"),
+        ("a.txt.unsynced", b"three"),
+    ]
+    st = os.stat(folder / "a.txt")
+    with pytest.raises(OSError) as stale:
+        keep_copy_of(folder, "a.txt", str(folder / "a.txt"), same_as=(st.st_size + 1, 0, 0))
+    assert stale.value.errno == errno.ESTALE
+    (outside / "secret").write_bytes(b"not the folder's")
+    os.symlink(outside / "secret", folder / "link")
+    with pytest.raises(OSError):
+        keep_copy_of(folder, "link", str(folder / "link"))  # (a symlink is not read through)
+    for p in damaged.iterdir():
+        p.unlink()
+    damaged.rmdir()
+    os.symlink(outside, damaged)  # planted: the copy must not land outside
+    with pytest.raises(OSError):
+        keep_copy_of(folder, "a.txt", str(folder / "a.txt"))
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]

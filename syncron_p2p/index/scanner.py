@@ -104,6 +104,9 @@ from syncron_p2p.paths import (
 )
 
 HASH_RETRIES = 3
+# A protected file edited on a node without the key: its latest edit is kept
+# as .syncron/damaged/<path, / as %>.unsynced.
+UNSYNCED_SUFFIX = "unsynced"
 FILE_MODE_EXEC = 0o755
 FILE_MODE_PLAIN = 0o644
 DIR_MODE = 0o755
@@ -889,20 +892,31 @@ class Scanner:
             return
         reason = "protected by .secure and changed here without the secure key; not synced"
         if live and old is not None:
-            # Keep the record (what the mesh holds); the next version replaces
-            # the file. Not this edit with it: it is kept where its owner finds
-            # it (a pattern added to .secure after the file was written here,
-            # before a key-holder sealed it, must not cost the edit).
-            if not same:
+            # Keep the record (what the mesh holds): a later version replaces
+            # the file. Not this edit with it: its bytes are kept first where
+            # their owner finds them (a file a pattern newly protects stays
+            # plaintext here until a key-holder seals it, and an edit made
+            # meanwhile must not be lost) - the latest edit of each path, once
+            # per edit (the record takes its fingerprint, so the next scan
+            # finds nothing new).
+            if not same and old.fingerprint != p.fp:
+                fp = p.fp
                 try:
-                    where = keep_copy_of(self.folder, p.rel, p.abspath)
-                except OSError as exc:
-                    reason += f"; could not keep a copy of this version ({exc.strerror or exc})"
-                else:
-                    reason += (
-                        f"; this version is kept as {where} (the mesh's next version"
-                        " replaces the file)"
+                    where = keep_copy_of(
+                        self.folder,
+                        p.rel,
+                        p.abspath,
+                        suffix=UNSYNCED_SUFFIX,
+                        same_as=(fp.size, fp.mtime_ns, fp.inode),
                     )
+                except OSError as exc:
+                    # Not kept: the record keeps its old fingerprint, so no
+                    # version replaces the edit (the install finds the file
+                    # changed) and the next scan tries again.
+                    why = exc.strerror or str(exc)
+                    self._error(p.rel, f"{reason}; could not keep a copy of this version ({why})")
+                    return
+                reason += f"; this version is kept as {where}"
             self._emit(replace(old, fingerprint=p.fp))
         self._error(p.rel, reason)
 
