@@ -11,7 +11,7 @@ from typing import Any
 
 import blake3
 import pytest
-from securemesh import SecureMesh, footprint
+from securemesh import RealNode, SecureMesh, footprint
 
 from syncron_p2p.crypto.sealed import (
     SealError,
@@ -532,6 +532,16 @@ def test_a_plan_forgotten_while_its_job_waited_never_installs_ciphertext(
         m.close()
 
 
+def _newly_protected(mesh: SecureMesh, rel: str, data: bytes) -> RealNode:
+    """Everyone has ``rel`` in plaintext; then the node without the key adds
+    a ``.secure`` pattern for it (no key-holder has sealed it yet). That node."""
+    populate(mesh)
+    mesh.write(1, rel, data)
+    mesh.run()
+    mesh.write(2, ".secure", b"keys/\n*.kdbx\n/tax/\n" + rel.encode() + b"\n")
+    return mesh.node(2)
+
+
 def test_an_edit_on_a_keyless_node_is_kept_when_the_next_version_replaces_it(
     mesh: SecureMesh,
 ) -> None:
@@ -539,11 +549,7 @@ def test_an_edit_on_a_keyless_node_is_kept_when_the_next_version_replaces_it(
     # key-holder seals it, the user of a node without the key edits it. That
     # edit cannot be published (the node cannot seal), and the key-holder's
     # sealed version replaces the file - but the edit is kept for its owner.
-    populate(mesh)
-    mesh.write(1, "diary.txt", b"dear diary, day one\n")
-    mesh.run()
-    keyless = mesh.node(2)
-    mesh.write(2, ".secure", b"keys/\n*.kdbx\n/tax/\ndiary.txt\n")
+    keyless = _newly_protected(mesh, "diary.txt", b"dear diary, day one\n")
     mesh.write(2, "diary.txt", b"dear diary, the keyless node's own day two\n")
     assert any("diary.txt" in e and "kept as" in e for e in keyless.scan_errors)
     mesh.run()
@@ -573,11 +579,7 @@ def test_a_keyless_edit_is_kept_once_and_only_its_latest_version(
         return real(folder, rel, source, **kwargs)
 
     monkeypatch.setattr(scanner_module, "keep_copy_of", counting)
-    populate(mesh)
-    mesh.write(1, "notes.txt", b"v1\n" * 1000)
-    mesh.run()
-    keyless = mesh.node(2)
-    mesh.write(2, ".secure", b"keys/\n*.kdbx\n/tax/\nnotes.txt\n")
+    keyless = _newly_protected(mesh, "notes.txt", b"v1\n" * 1000)
     damaged = keyless.folder / ".syncron" / "damaged"
     mesh.write(2, "notes.txt", b"edit one\n")
     for _ in range(3):
@@ -594,11 +596,7 @@ def test_a_keyless_edit_that_cannot_be_kept_is_not_replaced(
 ) -> None:
     from syncron_p2p.index import scanner as scanner_module
 
-    populate(mesh)
-    mesh.write(1, "notes.txt", b"v1\n")
-    mesh.run()
-    keyless = mesh.node(2)
-    mesh.write(2, ".secure", b"keys/\n*.kdbx\n/tax/\nnotes.txt\n")
+    keyless = _newly_protected(mesh, "notes.txt", b"v1\n")
 
     def full(*args: object, **kwargs: object) -> str:
         raise OSError(28, "No space left on device")
