@@ -897,8 +897,8 @@ class Scanner:
             # their owner finds them (a file a pattern newly protects stays
             # plaintext here until a key-holder seals it, and an edit made
             # meanwhile must not be lost) - the latest edit of each path, once
-            # per edit (the record takes its fingerprint, so the next scan
-            # finds nothing new).
+            # per edit (the record takes its fingerprint: a later scan that
+            # hashes the file again keeps no second copy).
             if not same and old.fingerprint != p.fp:
                 fp = p.fp
                 try:
