@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -189,7 +190,22 @@ def test_sigterm_during_the_initial_scan_stops_promptly(tmp_path: Path) -> None:
             (sub / f"{i}.txt").write_text(str(i))
     node = NodeProc(folder, "--listen", "127.0.0.1:0", "--no-mdns")
     try:
-        time.sleep(2.0)  # python start-up, mesh creation, then the scan of 30k files
+        # Python start-up, mesh creation, then the scan of 30k files, in a
+        # child process: stopped while that child runs (a fixed sleep let a
+        # fast machine finish the scan first).
+        def scanning() -> bool:
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{node.proc.pid}/task").iterdir():
+                    for child in (task / "children").read_text().split():
+                        if b"scanproc" in Path(f"/proc/{child}/cmdline").read_bytes():
+                            return True
+            return False
+
+        deadline = time.monotonic() + 30
+        while not scanning() and time.monotonic() < deadline:
+            assert node.proc.poll() is None, node.stderr()
+            time.sleep(0.005)
+        assert scanning(), "no scan process started"
         assert node.proc.poll() is None, node.stderr()
         start = time.monotonic()
         rc = node.stop(signal.SIGTERM, timeout=15)
