@@ -12,7 +12,7 @@ import blake3
 import pytest
 from meshnet import MeshNet
 
-from syncron_p2p.index.records import Record
+from syncron_p2p.index.records import Block, Record
 from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.node.disk import RealDisk
 from syncron_p2p.protocol import codec
@@ -153,6 +153,7 @@ def test_real_disk_sweeps_only_temps_unused_and_untouched_for_a_week(tmp_path: P
     keys = {name: blake3.blake3(name.encode()).hexdigest() for name in ("old", "fresh", "busy")}
     for key in keys.values():
         disk.temp_write(key, 0, b"part of a download")
+    disk.wait_writes()  # (written behind, on the disk's thread)
     stale = time.time() - week - 60
     for name in ("old", "busy"):
         os.utime(disk.tmp / f"{keys[name]}.part", (stale, stale))
@@ -495,6 +496,7 @@ def test_real_disk_starts_writing_big_temps_out_at_once(
     disk.temp_write("ab" * 32, 0, big)
     disk.temp_write("ab" * 32, len(big), big)
     disk.temp_write("cd" * 32, 0, b"small")  # left to the batch flush
+    disk.wait_writes()  # (written behind, on the disk's thread)
     assert calls == [(0, len(big), 2), (len(big), len(big), 2)]
     assert disk.temp_read("ab" * 32, len(big), len(big)) == big
 
@@ -899,6 +901,169 @@ def test_real_disk_reports_a_failed_background_flush_once(
         disk.temps_synced(ticket)
     assert not disk.temps_synced(ticket)
     disk.close()
+
+
+def _gated_writes(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[int]]:
+    """RealDisk's temp writes wait for the returned gate; the sizes written."""
+    import threading
+
+    from syncron_p2p.node import disk as disk_module
+
+    gate = threading.Event()
+    written: list[int] = []
+    real_write = disk_module._write_temp
+
+    def gated(temp: str, offset: int, data: bytes) -> None:
+        if threading.current_thread().name == "syncron-io":
+            gate.wait(10)  # (the disk's thread; writes made at once pass)
+        real_write(temp, offset, data)
+        written.append(len(data))
+
+    monkeypatch.setattr(disk_module, "_write_temp", gated)
+    return gate, written
+
+
+def test_real_disk_writes_big_blocks_behind_and_its_reads_wait_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from syncron_p2p.node import disk as disk_module
+
+    gate, written = _gated_writes(monkeypatch)
+    disk = RealDisk(tmp_path)
+    key = blake3.blake3(b"big").hexdigest()
+    big = os.urandom(disk_module.WRITEBACK_MIN)
+    disk.temp_write(key, 0, big)  # returns before the bytes are written
+    assert written == []
+    got: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: got.append(disk.temp_read(key, 0, len(big))))
+    # (a small write is made at once, but after the writes before it)
+    tail = threading.Thread(target=lambda: disk.temp_write(key, len(big), b"tail"))
+    reader.start()
+    tail.start()
+    reader.join(0.2)
+    assert reader.is_alive() and tail.is_alive()  # a read waits for the temp's writes ...
+    gate.set()
+    reader.join(10)
+    tail.join(10)
+    assert got == [big]  # ... and sees them
+    assert disk.temp_read(key, len(big), 4) == b"tail"
+    assert written == [len(big), 4]
+    block = Block(0, len(big), blake3.blake3(big).digest())
+    assert disk.temp_present(key, [block]) == {0}
+    disk.close()
+
+
+def test_real_disk_bounds_the_bytes_waiting_to_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from syncron_p2p.node import disk as disk_module
+
+    gate, written = _gated_writes(monkeypatch)
+    block = disk_module.WRITEBACK_MIN
+    monkeypatch.setattr(disk_module, "WRITE_BEHIND_BYTES", 2 * block)
+    disk = RealDisk(tmp_path)
+    key = blake3.blake3(b"many").hexdigest()
+    disk.temp_write(key, 0, bytes(block))
+    disk.temp_write(key, block, bytes(block))
+    third = threading.Thread(target=lambda: disk.temp_write(key, 2 * block, bytes(block)))
+    third.start()
+    third.join(0.2)
+    assert third.is_alive()  # no room: waits for the disk
+    assert disk._unwritten_bytes == 2 * block
+    gate.set()
+    third.join(10)
+    disk.wait_writes()
+    assert written == [block] * 3
+    assert os.path.getsize(disk.tmp / f"{key}.part") == 3 * block
+    disk.close()
+
+
+def test_real_disk_tells_a_failed_write_behind_at_the_flush_and_never_installs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncron_p2p.node import disk as disk_module
+
+    real_write = disk_module._write_temp
+    failures = {"left": 1}
+
+    def full_disk(temp: str, offset: int, data: bytes) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            real_write(temp, offset, data[:10])  # part of it made it
+            raise OSError(28, "No space left on device")
+        real_write(temp, offset, data)
+
+    monkeypatch.setattr(disk_module, "_write_temp", full_disk)
+    disk = RealDisk(tmp_path)
+    big = os.urandom(disk_module.WRITEBACK_MIN)
+    key = blake3.blake3(big).hexdigest()
+    disk.temp_write(key, 0, big)
+    disk.wait_writes()
+    with pytest.raises(DiskFailure, match="No space left"):
+        disk.install_file("a.bin", key, len(big), 0o644, None)  # (never a short file)
+    assert not (disk.tmp / f"{key}.part").exists()  # told once, its space given back
+    assert not (tmp_path / "a.bin").exists()
+    failures["left"] = 1
+    disk.temp_write(key, 0, big)
+    ticket = disk.begin_sync_temps([key])
+    disk.wait_flushes()
+    with pytest.raises(DiskFailure, match="No space left"):
+        disk.temps_synced(ticket)
+    assert not (disk.tmp / f"{key}.part").exists()
+    disk.temp_write(key, 0, big)  # fetched again
+    ticket = disk.begin_sync_temps([key])
+    disk.wait_flushes()
+    assert disk.temps_synced(ticket)
+    disk.install_file("a.bin", key, len(big), 0o644, None)
+    assert (tmp_path / "a.bin").read_bytes() == big
+    # The same through the synchronous flush.
+    failures["left"] = 1
+    disk.temp_write(key, 0, big)
+    with pytest.raises(DiskFailure, match="No space left"):
+        disk.sync_temps([key])
+    assert not (disk.tmp / f"{key}.part").exists()
+    disk.close()
+
+
+def test_an_engine_on_a_real_disk_whose_writes_behind_fail_gets_there_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk, seen only by the disk's thread: the batches holding those
+    # files fail their flush, nothing of them is installed, and the engine
+    # fetches them again; the folder ends complete and right.
+    from securemesh import SecureMesh
+
+    from syncron_p2p.node import disk as disk_module
+
+    m = SecureMesh(tmp_path, [None, None])
+    files = {f"d/f{i}.bin": os.urandom(disk_module.WRITEBACK_MIN + i) for i in range(6)}
+    for path, data in files.items():
+        m.write(0, path, data)
+    real_write = disk_module._write_temp
+    failures = {"left": 3}
+
+    def full_disk(temp: str, offset: int, data: bytes) -> None:
+        if failures["left"] and len(data) >= disk_module.WRITEBACK_MIN:
+            failures["left"] -= 1
+            raise OSError(28, "No space left on device")
+        real_write(temp, offset, data)
+
+    monkeypatch.setattr(disk_module, "_write_temp", full_disk)
+    m.connect_all()
+    m.run(seconds=600)
+    receiver = m.node(1)
+    assert failures["left"] == 0
+    assert m.converged()
+    for path, data in files.items():
+        assert (receiver.folder / path).read_bytes() == data
+    errors = [n.detail for n in receiver.notices if n.kind == "error"]
+    assert errors and "No space left" in errors[0]
+    assert not list(receiver.raw.tmp.glob("*.part"))  # nothing left behind
+    m.close()
 
 
 def test_a_slow_disk_holds_back_new_jobs_instead_of_piling_them_up() -> None:
