@@ -1001,11 +1001,12 @@ def test_real_disk_tells_a_failed_write_behind_at_the_flush_and_never_installs_i
     disk = RealDisk(tmp_path)
     big = os.urandom(disk_module.WRITEBACK_MIN)
     key = blake3.blake3(big).hexdigest()
+    whole = [Block(0, len(big), blake3.blake3(big).digest())]
     disk.temp_write(key, 0, big)
     disk.wait_writes()
+    assert disk.temp_read(key, 0, 10) is None  # (not vouched for: a write failed)
     with pytest.raises(DiskFailure, match="No space left"):
         disk.install_file("a.bin", key, len(big), 0o644, None)  # (never a short file)
-    assert not (disk.tmp / f"{key}.part").exists()  # told once, its space given back
     assert not (tmp_path / "a.bin").exists()
     failures["left"] = 1
     disk.temp_write(key, 0, big)
@@ -1013,7 +1014,7 @@ def test_real_disk_tells_a_failed_write_behind_at_the_flush_and_never_installs_i
     disk.wait_flushes()
     with pytest.raises(DiskFailure, match="No space left"):
         disk.temps_synced(ticket)
-    assert not (disk.tmp / f"{key}.part").exists()
+    assert disk.temp_present(key, whole) == set()  # what hashes right, nothing more
     disk.temp_write(key, 0, big)  # fetched again
     ticket = disk.begin_sync_temps([key])
     disk.wait_flushes()
@@ -1025,8 +1026,145 @@ def test_real_disk_tells_a_failed_write_behind_at_the_flush_and_never_installs_i
     disk.temp_write(key, 0, big)
     with pytest.raises(DiskFailure, match="No space left"):
         disk.sync_temps([key])
-    assert not (disk.tmp / f"{key}.part").exists()
     disk.close()
+
+
+def _fail_writes_at(monkeypatch: pytest.MonkeyPatch, offsets: set[int]) -> None:
+    """Writes behind at ``offsets`` fail once, writing nothing."""
+    from syncron_p2p.node import disk as disk_module
+
+    real = disk_module._write_temp
+
+    def write(temp: str, offset: int, data: bytes) -> None:
+        if offset in offsets:
+            offsets.discard(offset)
+            raise OSError(28, "No space left on device")
+        real(temp, offset, data)
+
+    monkeypatch.setattr(disk_module, "_write_temp", write)
+
+
+def test_real_disk_keeps_a_temp_whose_flush_failed_for_the_job_filling_it_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (Found by review.) Job J1's batch flushes; a write of its last block
+    # failed behind. A newer record of the same content replaces J1, and J2
+    # starts on the same temp: block 0 is there, block 1 is fetched again.
+    # J1's failed flush is told after that: it must not remove the temp J2
+    # fills (a sparse temp of the right size was installed: zeros).
+    from syncron_p2p.node import disk as disk_module
+
+    n = disk_module.WRITEBACK_MIN
+    _fail_writes_at(monkeypatch, {n})
+    disk = RealDisk(tmp_path)
+    b0, b1 = os.urandom(n), os.urandom(n)
+    key = blake3.blake3(b0 + b1).hexdigest()
+    blocks = [Block(0, n, blake3.blake3(b0).digest()), Block(n, n, blake3.blake3(b1).digest())]
+    disk.temp_write(key, 0, b0)  # J1
+    disk.temp_write(key, n, b1)  # J1: fails behind
+    first = disk.begin_sync_temps([key])
+    disk.wait_flushes()
+    assert disk.temp_present(key, blocks) == {0}  # J2 starts: block 1 missing
+    with pytest.raises(DiskFailure):
+        disk.temps_synced(first)  # J1's batch: told
+    disk.temp_write(key, n, b1)  # J2: block 1 arrives
+    second = disk.begin_sync_temps([key])
+    disk.wait_flushes()
+    assert disk.temps_synced(second)
+    disk.install_file("p.bin", key, 2 * n, 0o644, None)
+    assert (tmp_path / "p.bin").read_bytes() == b0 + b1
+    disk.close()
+
+
+def test_real_disk_forgets_a_failed_write_with_the_temp_it_sweeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncron_p2p.node import disk as disk_module
+
+    n = disk_module.WRITEBACK_MIN
+    _fail_writes_at(monkeypatch, {0})
+    disk = RealDisk(tmp_path)
+    key = blake3.blake3(b"k").hexdigest()
+    disk.temp_write(key, 0, bytes(n))
+    disk.temp_write(key, n, bytes(n))  # (so the file exists)
+    disk.wait_writes()
+    assert disk.sweep_temps(set(), max_age=-1) == 1
+    disk.temp_write(key, 0, bytes(n))  # a fresh download, all written
+    disk.temp_write(key, n, bytes(n))
+    ticket = disk.begin_sync_temps([key])
+    disk.wait_flushes()
+    assert disk.temps_synced(ticket)  # no old failure told for it
+    disk.close()
+
+
+def test_a_failed_write_behind_never_installs_zeros_from_a_temp_reused_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (Found by review; the engine around the disk-level test above.) A
+    # chmod on the sender makes a newer record of the same content arrive
+    # while the batch holding the first version flushes (slowly), after a
+    # write of its last block failed behind.
+    import random
+    import threading
+
+    from securemesh import SecureMesh
+
+    from syncron_p2p.node import disk as disk_module
+
+    m = SecureMesh(tmp_path, [None, None])
+    src, dst = m.node(0), m.node(1)
+    data = random.Random(1).randbytes(1 << 20)  # (its last block is written behind)
+    m.write(0, "f.bin", data)
+    rec = src.index.get("f.bin")
+    assert rec is not None and len(rec.blocks) > 1
+    assert rec.blocks[-1].size >= disk_module.WRITEBACK_MIN
+    key, last = rec.content_hash.hex(), rec.blocks[-1]
+    real_write, real_flush = disk_module._write_temp, RealDisk._flush_temps
+    fail = {"n": 1}
+    gate = threading.Event()
+
+    def write(temp: str, offset: int, buf: bytes) -> None:
+        if temp.endswith(f"{key}.part") and offset == last.offset and fail["n"]:
+            fail["n"] -= 1
+            raise OSError(28, "No space left on device")
+        real_write(temp, offset, buf)
+
+    def flush(self: RealDisk, temps: list[str]) -> None:
+        if threading.current_thread().name == "syncron-io":
+            gate.wait(10)  # (a slow flush: the batch is in flight a while)
+        real_flush(self, temps)
+
+    monkeypatch.setattr(disk_module, "_write_temp", write)
+    monkeypatch.setattr(RealDisk, "_flush_temps", flush)
+
+    def feed(name: str, event: Any) -> None:  # (no waiting for flushes)
+        node = m.nodes[name]
+        m._execute(node, node.engine.handle(event, m.now))
+
+    def deliver_one() -> None:
+        s, d, raw = m.queue.pop(0)
+        if (s, d) in m.links:
+            feed(d, Received(s, codec.decode_body(raw[codec.HEADER :])))
+
+    m._feed = feed  # type: ignore[method-assign]
+    m.connect_all()
+    while not dst.engine.flushing():  # J1 complete, its batch flushing
+        deliver_one()
+    j1 = dst.engine.jobs["f.bin"]
+    os.chmod(src.folder / "f.bin", 0o755)  # same content, newer version
+    m.scan(0)
+    while m.queue and dst.engine.jobs.get("f.bin") in (j1, None):
+        deliver_one()
+    j2 = dst.engine.jobs["f.bin"]
+    assert j2 is not j1 and j2.key == key and j2.missing  # J2 on the same temp
+    gate.set()
+    dst.raw.wait_flushes()
+    feed("node1", Tick())  # J1's batch: its flush failed
+    m._feed = SecureMesh._feed.__get__(m)  # type: ignore[method-assign]
+    m.run(seconds=600)
+    assert (dst.folder / "f.bin").read_bytes() == data
+    assert m.converged()
+    m.close()
 
 
 def test_an_engine_on_a_real_disk_whose_writes_behind_fail_gets_there_later(

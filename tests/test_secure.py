@@ -656,3 +656,45 @@ def test_kept_copies_follow_no_symlink_and_keep_only_what_was_seen(tmp_path: Pat
     with pytest.raises(OSError):
         keep_copy_of(folder, "a.txt", str(folder / "a.txt"))
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+
+
+def test_a_failed_write_behind_of_a_sealed_block_is_a_disk_failure_not_a_forgery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (Found by review.) A key-holder writes a sealed object's blocks behind;
+    # one write fails (a full disk, for a moment). Sealed temps are neither
+    # flushed nor installed by the real disk, so only reading them tells:
+    # the hole read back failed authentication, and the key-holder re-issued
+    # its own state over the genuine version, deleting the file mesh-wide.
+    from securemesh import SecureMesh
+
+    from syncron_p2p.node import disk as disk_module
+    from syncron_p2p.sync import sealed_disk
+
+    monkeypatch.setattr(sealed_disk, "EARLY_BYTES", 0)  # (blocks read back at install)
+    m = SecureMesh(tmp_path, [KEY, KEY])
+    src, dst = m.node(0), m.node(1)
+    (src.folder / ".secure").write_bytes(b"*.kdbx\n")
+    data = os.urandom(2 * 1024 * 1024)
+    (src.folder / "v.kdbx").write_bytes(data)
+    m.scan(0)
+    rec = src.index.get("v.kdbx")
+    assert rec is not None and rec.sealed and len(rec.blocks) > 1
+    target = f"{rec.content_hash.hex()}.part"
+    real = disk_module._write_temp
+    left = {"n": 1}
+
+    def write(temp: str, offset: int, buf: bytes) -> None:
+        if temp.endswith(target) and offset == 0 and left["n"]:
+            left["n"] -= 1
+            raise OSError(28, "No space left on device")
+        real(temp, offset, buf)
+
+    monkeypatch.setattr(disk_module, "_write_temp", write)
+    m.connect_all()
+    m.run(seconds=600)
+    assert left["n"] == 0
+    assert not [n for n in dst.notices if n.kind == "tampered"]
+    assert (src.folder / "v.kdbx").read_bytes() == data
+    assert (dst.folder / "v.kdbx").read_bytes() == data
+    m.close()

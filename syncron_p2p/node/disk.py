@@ -168,6 +168,10 @@ class RealDisk:
     def temp_present(self, key: str, blocks: Sequence[Block]) -> set[int]:
         temp = self._temp(key)
         self._settle(key)
+        if self._write_failed:
+            # A write to it failed: from here on the temp is what its blocks'
+            # hashes say (the caller fetches the rest), so the failure is told.
+            self._forget_failed([key])
         try:
             fd = os.open(temp, os.O_RDONLY | _O_NOFOLLOW)
         except OSError:
@@ -201,7 +205,7 @@ class RealDisk:
             self._written[key] = offset + len(data)
         else:
             self._written.pop(key, None)  # a gap, or rewritten: size unknown
-        if WRITE_BEHIND_BYTES <= 0 or len(data) < WRITEBACK_MIN:
+        if WRITE_BEHIND_BYTES <= 0 or len(data) < WRITEBACK_MIN or not self._io_start():
             self._settle(key)  # (after the writes before it)
             try:
                 _write_temp(temp, offset, data)
@@ -216,7 +220,6 @@ class RealDisk:
                 self._flush_lock.wait()
             self._unwritten_bytes += size
             self._unwritten[key] = self._unwritten.get(key, 0) + 1
-        self._io_start()
         self._flush_jobs.put(_IoJob(key=key, temp=temp, offset=offset, data=data))
 
     def _settle(self, key: str) -> None:
@@ -232,6 +235,8 @@ class RealDisk:
     def temp_read(self, key: str, offset: int, size: int) -> bytes | None:
         temp = self._temp(key)
         self._settle(key)
+        if self._write_failed and self._write_failure(key) is not None:
+            return None  # (which bytes are right is known again after temp_present)
         try:
             fd = os.open(temp, os.O_RDONLY | _O_NOFOLLOW)
         except OSError:
@@ -282,6 +287,8 @@ class RealDisk:
             self._synced.discard(key)
             self._written.pop(key, None)
             self._last_write.pop(key, None)
+            with self._flush_lock:
+                self._write_failed.pop(key, None)
             removed += 1
         return removed
 
@@ -294,8 +301,8 @@ class RealDisk:
         target = self._path(path)
         self._settle(key)
         if self._write_failed and (failure := self._write_failure(key)) is not None:
-            # Not all of it was written: never install it (told once, and
-            # the temp goes, so the retry fetches it again).
+            # Not all of it was written: never install it (told once; the
+            # retry keeps what hashes right and fetches the rest).
             self._forget_failed([key])
             raise DiskFailure(f"cannot write temp file: {failure}")
         # (try/except rather than _failing: this runs once per applied file)
@@ -429,9 +436,10 @@ class RealDisk:
             return
         for k in todo:
             self._settle(k)
-            if (failure := self._write_failure(k)) is not None:
-                self._forget_failed(todo)
-                raise DiskFailure(f"cannot write temp file: {failure}")
+        failure = next((f for k in todo if (f := self._write_failure(k)) is not None), None)
+        if failure is not None:
+            self._forget_failed(todo)
+            raise DiskFailure(f"cannot write temp file: {failure}")
         with _failing("cannot flush fetched files to disk"):
             self._flush_temps([self._temp(k) for k in todo])
         self._synced.update(todo)
@@ -462,30 +470,37 @@ class RealDisk:
             with self._flush_lock:
                 self._flush_done[ticket] = None
             return ticket
-        self._io_start()
+        if not self._io_start():  # (no thread to be had: flushed here)
+            failure = self._flush_keys(todo)
+            with self._flush_lock:
+                self._flush_done[ticket] = failure
+            return ticket
         self._flush_jobs.put(_IoJob(ticket=ticket, keys=todo))
         return ticket
 
-    def _io_start(self) -> None:
+    def _io_start(self) -> bool:
+        """Start the disk's thread if it is not running; False if it cannot be."""
         if self._flusher is None:
-            self._flusher = threading.Thread(target=self._flushing, name="syncron-io", daemon=True)
-            self._flusher.start()
+            thread = threading.Thread(target=self._flushing, name="syncron-io", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # (no thread to be had: the caller works alone)
+                return False
+            self._flusher = thread
+        return True
 
     def _forget_failed(self, keys: Iterable[str]) -> None:
-        """A flush of ``keys`` failed (told once): what they hold is unknown -
-        the engine keeps what still hashes right, fetches the rest again -
-        and a temp a write failed for is removed, as a failed write in the
-        caller's thread was (give back the space: the disk may be full)."""
+        """A failure of ``keys`` is told (once): what they hold is unknown,
+        so the engine's retry keeps only what hashes right and fetches the
+        rest (:meth:`temp_present`). The temps stay: another job of the same
+        content may be filling one already (removing it under that job
+        installed a file of zeros, found by review)."""
         keys = list(keys)
         with self._flush_lock:
-            failed = [k for k in keys if self._write_failed.pop(k, None) is not None]
+            for k in keys:
+                self._write_failed.pop(k, None)
         for k in keys:
             self._written.pop(k, None)
-        for k in failed:
-            self._synced.discard(k)
-            self._last_write.pop(k, None)
-            with contextlib.suppress(OSError):
-                os.unlink(self._temp(k))
 
     def temps_synced(self, ticket: int) -> bool:
         with self._flush_lock:
@@ -507,18 +522,8 @@ class RealDisk:
             if job.data is not None:
                 self._write_behind(job)
                 continue
-            failure: str | None = None
-            try:
-                self._flush_temps([self._temp(k) for k in job.keys])
-            except Exception as exc:  # (whatever it is, the engine must hear of it)
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                failure = f"cannot flush fetched files to disk: {reason}"
+            failure = self._flush_keys(job.keys)
             with self._flush_lock:
-                if failure is None:
-                    # A write to one of these temps failed: not durable either.
-                    failed = next((f for k in job.keys if (f := self._write_failed.get(k))), None)
-                    if failed is not None:
-                        failure = f"cannot write temp file: {failed}"
                 self._flush_done[job.ticket] = failure
                 self._flush_lock.notify_all()
             callback = self.on_flushed
@@ -527,6 +532,18 @@ class RealDisk:
                 # flush would wait for ever.)
                 with contextlib.suppress(Exception):
                     callback()
+
+    def _flush_keys(self, keys: list[str]) -> str | None:
+        """Flush temps ``keys`` (after their writes); why it failed, or None."""
+        try:
+            self._flush_temps([self._temp(k) for k in keys])
+        except Exception as exc:  # (whatever it is, the engine must hear of it)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            return f"cannot flush fetched files to disk: {reason}"
+        with self._flush_lock:
+            # A write to one of these temps failed: not durable either.
+            failed = next((f for k in keys if (f := self._write_failed.get(k))), None)
+        return None if failed is None else f"cannot write temp file: {failed}"
 
     def _write_behind(self, job: _IoJob) -> None:
         assert job.data is not None
