@@ -1076,6 +1076,146 @@ def test_real_disk_keeps_a_temp_whose_flush_failed_for_the_job_filling_it_now(
     disk.close()
 
 
+def test_real_disk_tells_a_newer_jobs_failed_write_by_its_own_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (Found by the second review.) Job A's write of block 1 fails behind;
+    # A's flush ends but is not told yet. Job B of the same content starts
+    # (the hole found by hash), writes block 1 again (from a local copy, in
+    # the same call) and fails again. Telling A's failure must not forget
+    # B's: B's own flush fails, and B is never installed with a hole.
+    from syncron_p2p.node import disk as disk_module
+
+    n = disk_module.WRITEBACK_MIN
+    real = disk_module._write_temp
+    fail_at = {n: 2}
+
+    def write(temp: str, offset: int, data: bytes) -> None:
+        if fail_at.get(offset):
+            fail_at[offset] -= 1
+            raise OSError(28, "No space left on device")
+        real(temp, offset, data)
+
+    monkeypatch.setattr(disk_module, "_write_temp", write)
+    disk = RealDisk(tmp_path)
+    b = [os.urandom(n) for _ in range(3)]
+    key = blake3.blake3(b"".join(b)).hexdigest()
+    blocks = [Block(i * n, n, blake3.blake3(x).digest()) for i, x in enumerate(b)]
+    for i, x in enumerate(b):  # A
+        disk.temp_write(key, i * n, x)
+    first = disk.begin_sync_temps([key])
+    disk.wait_flushes()
+    assert disk.temp_present(key, blocks) == {0, 2}  # B starts
+    disk.temp_write(key, n, b[1])  # B: fails again
+    disk.wait_writes()
+    with pytest.raises(DiskFailure, match="No space left"):
+        disk.temps_synced(first)  # A's batch told
+    second = disk.begin_sync_temps([key])
+    disk.wait_flushes()
+    with pytest.raises(DiskFailure, match="No space left"):
+        disk.temps_synced(second)  # B's, with its own failure
+    assert disk.temp_present(key, blocks) == {0, 2}  # (the engine's retry)
+    disk.temp_write(key, n, b[1])  # the disk has room again
+    third = disk.begin_sync_temps([key])
+    disk.wait_flushes()
+    assert disk.temps_synced(third)
+    disk.install_file("f.bin", key, 3 * n, 0o644, None)
+    assert (tmp_path / "f.bin").read_bytes() == b"".join(b)
+    disk.close()
+
+
+def test_an_engine_never_installs_a_hole_a_newer_jobs_failed_write_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (Found by the second review; the engine around the test above.) The
+    # receiver has v1; v2 differs in its last block, so the job reuses the
+    # others from the local copy - block 1's write behind fails. While that
+    # batch's flush is slow, a chmod makes a newer record of the same content
+    # arrive after the flush ended but before the engine looked at it: the
+    # new job writes block 1 again at once and fails again (the disk is still
+    # full). Telling the first failure must not vouch for the second.
+    import random
+    import threading
+
+    from securemesh import SecureMesh
+
+    from syncron_p2p.node import disk as disk_module
+
+    m = SecureMesh(tmp_path, [None, None])
+    src, dst = m.node(0), m.node(1)
+    m.connect_all()
+    v1 = random.Random(1).randbytes(1 << 20)
+    m.write(0, "f.bin", v1)
+    m.run(seconds=60)
+    assert (dst.folder / "f.bin").read_bytes() == v1
+    v2 = v1[:-4096] + os.urandom(4096)  # (content-defined cuts: the last block differs)
+    real_write, real_flush = disk_module._write_temp, RealDisk._flush_temps
+    state: dict[str, Any] = {"key": None, "off": None, "fails": 2}
+    gate = threading.Event()
+
+    def write(temp: str, offset: int, buf: bytes) -> None:
+        hit = state["key"] and temp.endswith(f"{state['key']}.part")
+        if hit and offset == state["off"] and state["fails"]:
+            state["fails"] -= 1
+            raise OSError(28, "No space left on device")
+        real_write(temp, offset, buf)
+
+    def flush(self: RealDisk, temps: list[str]) -> None:
+        if threading.current_thread().name == "syncron-io":
+            gate.wait(10)
+        real_flush(self, temps)
+
+    real_synced = RealDisk.temps_synced
+
+    def synced(self: RealDisk, ticket: int) -> bool:
+        self.wait_writes()  # (the disk's thread was quick: the write behind already failed)
+        return real_synced(self, ticket)
+
+    monkeypatch.setattr(disk_module, "_write_temp", write)
+    monkeypatch.setattr(RealDisk, "_flush_temps", flush)
+    monkeypatch.setattr(RealDisk, "temps_synced", synced)
+
+    def feed(name: str, event: Any) -> None:  # (no waiting for flushes)
+        node = m.nodes[name]
+        m._execute(node, node.engine.handle(event, m.now))
+
+    def deliver_one() -> None:
+        s, d, raw = m.queue.pop(0)
+        if (s, d) in m.links:
+            feed(d, Received(s, codec.decode_body(raw[codec.HEADER :])))
+
+    m._feed = feed  # type: ignore[method-assign]
+    (src.folder / "f.bin").write_bytes(v2)
+    m.scan(0)
+    rec = src.index.get("f.bin")
+    assert rec is not None and len(rec.blocks) > 2
+    state["key"], state["off"] = rec.content_hash.hex(), rec.blocks[1].offset
+    while not dst.engine.flushing():  # the first job's batch flushing
+        deliver_one()
+    dst.raw.wait_writes()
+    assert state["fails"] == 1
+    first = dst.engine.jobs["f.bin"]
+    os.chmod(src.folder / "f.bin", 0o755)  # same content, newer version
+    m.scan(0)
+
+    def records_next() -> bool:
+        dst_name, raw = m.queue[0][1], m.queue[0][2]
+        return dst_name == "node1" and isinstance(codec.decode_body(raw[codec.HEADER :]), Records)
+
+    while not records_next():
+        deliver_one()
+    gate.set()
+    dst.raw.wait_flushes()  # the first batch's flush ended (failed), not looked at yet
+    deliver_one()  # the newer record: the first job dropped, a new one started
+    assert dst.engine.jobs.get("f.bin") is not first
+    assert state["fails"] == 0  # it wrote block 1 again, and failed again
+    m._feed = SecureMesh._feed.__get__(m)  # type: ignore[method-assign]
+    m.run(seconds=600)
+    assert (dst.folder / "f.bin").read_bytes() == v2
+    assert m.converged()
+    m.close()
+
+
 def test_real_disk_forgets_a_failed_write_with_the_temp_it_sweeps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

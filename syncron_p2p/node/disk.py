@@ -98,7 +98,8 @@ class RealDisk:
         # failure is told by the next flush or install of that temp).
         self._unwritten: dict[str, int] = {}
         self._unwritten_bytes = 0
-        self._write_failed: dict[str, str] = {}
+        # temp key -> (the number of its latest failed write, why)
+        self._write_failed: dict[str, tuple[int, str]] = {}
         self._flush_done: dict[int, str | None] = {}  # ticket -> failure (under the lock)
         self._flush_begun: dict[int, tuple[list[str], int]] = {}  # ticket -> (keys, _writes)
         self._flush_last = 0
@@ -220,7 +221,8 @@ class RealDisk:
                 self._flush_lock.wait()
             self._unwritten_bytes += size
             self._unwritten[key] = self._unwritten.get(key, 0) + 1
-        self._flush_jobs.put(_IoJob(key=key, temp=temp, offset=offset, data=data))
+        job = _IoJob(key=key, temp=temp, offset=offset, data=data, number=self._writes)
+        self._flush_jobs.put(job)
 
     def _settle(self, key: str) -> None:
         """Wait until what was asked to be written to temp ``key`` is written."""
@@ -230,7 +232,8 @@ class RealDisk:
 
     def _write_failure(self, key: str) -> str | None:
         with self._flush_lock:
-            return self._write_failed.get(key)
+            failed = self._write_failed.get(key)
+        return None if failed is None else failed[1]
 
     def temp_read(self, key: str, offset: int, size: int) -> bytes | None:
         temp = self._temp(key)
@@ -489,16 +492,19 @@ class RealDisk:
             self._flusher = thread
         return True
 
-    def _forget_failed(self, keys: Iterable[str]) -> None:
+    def _forget_failed(self, keys: Iterable[str], upto: int | None = None) -> None:
         """A failure of ``keys`` is told (once): what they hold is unknown,
         so the engine's retry keeps only what hashes right and fetches the
         rest (:meth:`temp_present`). The temps stay: another job of the same
         content may be filling one already (removing it under that job
-        installed a file of zeros, found by review)."""
+        installed a file of zeros, found by review). ``upto``: forget only
+        failures of writes numbered up to it (what a flush covered)."""
         keys = list(keys)
         with self._flush_lock:
             for k in keys:
-                self._write_failed.pop(k, None)
+                failed = self._write_failed.get(k)
+                if failed is not None and (upto is None or failed[0] <= upto):
+                    del self._write_failed[k]
         for k in keys:
             self._written.pop(k, None)
 
@@ -509,7 +515,10 @@ class RealDisk:
             failure = self._flush_done.pop(ticket)
         todo, began = self._flush_begun.pop(ticket)
         if failure is not None:
-            self._forget_failed(todo)
+            # (Only what this flush covered: a write asked for after it
+            # began - by a newer job of the same content - that failed too
+            # is told by that job's own flush, found by review.)
+            self._forget_failed(todo, upto=began)
             raise DiskFailure(failure)
         # Durable: what was written before the flush began (a temp written
         # again since, by a later job of the same content, is not).
@@ -542,7 +551,7 @@ class RealDisk:
             return f"cannot flush fetched files to disk: {reason}"
         with self._flush_lock:
             # A write to one of these temps failed: not durable either.
-            failed = next((f for k in keys if (f := self._write_failed.get(k))), None)
+            failed = next((f[1] for k in keys if (f := self._write_failed.get(k))), None)
         return None if failed is None else f"cannot write temp file: {failed}"
 
     def _write_behind(self, job: _IoJob) -> None:
@@ -554,7 +563,7 @@ class RealDisk:
             failure = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         with self._flush_lock:
             if failure is not None:
-                self._write_failed.setdefault(job.key, failure)
+                self._write_failed[job.key] = (job.number, failure)  # (the latest)
             self._unwritten_bytes -= len(job.data)
             left = self._unwritten[job.key] - 1
             if left:
@@ -725,6 +734,7 @@ class _IoJob:
     temp: str = ""
     offset: int = 0
     data: bytes | None = None
+    number: int = 0  # the write's number (RealDisk._writes)
     ticket: int = 0
     keys: list[str] = field(default_factory=list)
 
