@@ -27,7 +27,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +52,6 @@ PENDING_WAIT = 0.25  # seconds an event waits for a change in progress to be not
 # A temp nobody has written for this long is dropped (Node: at each full scan).
 # Until then an interrupted transfer resumes from it, after a restart too.
 TEMP_MAX_AGE = 7 * 24 * 3600.0
-# Big temp writes are handed to the disk's own thread (write-behind): the
-# engine goes on receiving and checking blocks while the kernel copies the
-# bytes. At most this many bytes wait to be written; a write past it waits
-# for room. 0: every write in the caller's thread.
-WRITE_BEHIND_BYTES = 16 * 1024 * 1024
 
 
 class RealDisk:
@@ -83,23 +77,14 @@ class RealDisk:
         self._own: OrderedDict[str, tuple[Observation | None, float]] = OrderedDict()
         self._own_lock = threading.Lock()
         self._pending: dict[str, float] = {}  # path -> when we began changing it
-        # Temp writes (temp_write) and flushes (begin_sync_temps) run beside
-        # the engine, on one thread, in the order they were asked for: a flush
-        # covers every write asked for before it. A temp counts as durable
-        # after a flush only if nothing was written to it after that flush
-        # began (_writes, _last_write).
+        # Flushes run beside the engine (begin_sync_temps), on one thread, in
+        # order. A temp counts as durable after a flush only if nothing was
+        # written to it after that flush began (_writes, _last_write).
         self._writes = 0
         self._last_write: dict[str, int] = {}
-        self._flush_jobs: queue.SimpleQueue[_IoJob | None] = queue.SimpleQueue()
+        self._flush_jobs: queue.SimpleQueue[tuple[int, list[str]] | None] = queue.SimpleQueue()
         self._flusher: threading.Thread | None = None
         self._flush_lock = threading.Condition()
-        # Write-behind, under _flush_lock: writes asked for and not yet made
-        # (per temp), their bytes, and the temps a write failed for (the
-        # failure is told by the next flush or install of that temp).
-        self._unwritten: dict[str, int] = {}
-        self._unwritten_bytes = 0
-        # temp key -> (the number of its latest failed write, why)
-        self._write_failed: dict[str, tuple[int, str]] = {}
         self._flush_done: dict[int, str | None] = {}  # ticket -> failure (under the lock)
         self._flush_begun: dict[int, tuple[list[str], int]] = {}  # ticket -> (keys, _writes)
         self._flush_last = 0
@@ -168,11 +153,6 @@ class RealDisk:
 
     def temp_present(self, key: str, blocks: Sequence[Block]) -> set[int]:
         temp = self._temp(key)
-        self._settle(key)
-        if self._write_failed:
-            # A write to it failed: from here on the temp is what its blocks'
-            # hashes say (the caller fetches the rest), so the failure is told.
-            self._forget_failed([key])
         try:
             fd = os.open(temp, os.O_RDONLY | _O_NOFOLLOW)
         except OSError:
@@ -191,14 +171,6 @@ class RealDisk:
         return present
 
     def temp_write(self, key: str, offset: int, data: bytes) -> None:
-        """Blocks of WRITEBACK_MIN bytes or more are written behind (see
-        WRITE_BEHIND_BYTES): on the disk's thread, in order, while the engine
-        goes on; a failure is told by the next flush of this temp
-        (:meth:`temps_synced`, :meth:`sync_temps`) or its install, never
-        lost. Reads of the temp (:meth:`temp_present`, :meth:`temp_read`)
-        wait for its writes. Smaller writes are made at once (a thread hop
-        costs a small file more than it saves)."""
-        temp = self._temp(key)
         self._synced.discard(key)
         self._writes += 1
         self._last_write[key] = self._writes
@@ -206,42 +178,28 @@ class RealDisk:
             self._written[key] = offset + len(data)
         else:
             self._written.pop(key, None)  # a gap, or rewritten: size unknown
-        if WRITE_BEHIND_BYTES <= 0 or len(data) < WRITEBACK_MIN or not self._io_start():
-            self._settle(key)  # (after the writes before it)
+        try:
+            fd = os.open(self._temp(key), os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o644)
             try:
-                _write_temp(temp, offset, data)
-            except OSError as exc:
-                raise DiskFailure(f"cannot write temp file: {exc.strerror}") from None
-            return
-        data = bytes(data)  # (the caller may reuse its buffer)
-        size = len(data)
-        with self._flush_lock:
-            # Room for it: the bytes waiting are bounded (memory), not the writes.
-            while self._unwritten_bytes and self._unwritten_bytes + size > WRITE_BEHIND_BYTES:
-                self._flush_lock.wait()
-            self._unwritten_bytes += size
-            self._unwritten[key] = self._unwritten.get(key, 0) + 1
-        job = _IoJob(key=key, temp=temp, offset=offset, data=data, number=self._writes)
-        self._flush_jobs.put(job)
-
-    def _settle(self, key: str) -> None:
-        """Wait until what was asked to be written to temp ``key`` is written."""
-        if key in self._unwritten:  # (only this thread adds: no lock to look)
-            with self._flush_lock:
-                self._flush_lock.wait_for(lambda: key not in self._unwritten)
-
-    def _write_failure(self, key: str) -> str | None:
-        with self._flush_lock:
-            failed = self._write_failed.get(key)
-        return None if failed is None else failed[1]
+                start = offset
+                view = memoryview(data)
+                while view:
+                    n = os.pwrite(fd, view, offset)
+                    view = view[n:]
+                    offset += n
+                if len(data) >= WRITEBACK_MIN and _SYNC_FILE_RANGE is not None:
+                    # Have the kernel start writing it out now: the disk works
+                    # while more arrives, and the flush before install
+                    # (sync_temps) finds little left to write. A hint only.
+                    _SYNC_FILE_RANGE(fd, start, len(data), _SYNC_FILE_RANGE_WRITE)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise DiskFailure(f"cannot write temp file: {exc.strerror}") from None
 
     def temp_read(self, key: str, offset: int, size: int) -> bytes | None:
-        temp = self._temp(key)
-        self._settle(key)
-        if self._write_failed and self._write_failure(key) is not None:
-            return None  # (which bytes are right is known again after temp_present)
         try:
-            fd = os.open(temp, os.O_RDONLY | _O_NOFOLLOW)
+            fd = os.open(self._temp(key), os.O_RDONLY | _O_NOFOLLOW)
         except OSError:
             return None
         try:
@@ -253,15 +211,11 @@ class RealDisk:
         return data if len(data) == size else None
 
     def temp_discard(self, key: str) -> None:
-        temp = self._temp(key)
-        self._settle(key)
         self._synced.discard(key)
         self._written.pop(key, None)
         self._last_write.pop(key, None)
-        with self._flush_lock:
-            self._write_failed.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+            os.unlink(self._temp(key))
 
     def sweep_temps(self, in_use: Collection[str], max_age: float = TEMP_MAX_AGE) -> int:
         """Remove temps not in ``in_use`` that nobody wrote for ``max_age``
@@ -277,8 +231,6 @@ class RealDisk:
             key, dot, ext = entry.name.partition(".")
             if ext != "part" or not dot or not _TEMP_KEY.fullmatch(key) or key in in_use:
                 continue
-            if key in self._unwritten:
-                continue  # (being written: in use)
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue
@@ -290,8 +242,6 @@ class RealDisk:
             self._synced.discard(key)
             self._written.pop(key, None)
             self._last_write.pop(key, None)
-            with self._flush_lock:
-                self._write_failed.pop(key, None)
             removed += 1
         return removed
 
@@ -302,12 +252,6 @@ class RealDisk:
     ) -> Observation:
         temp = self._temp(key)
         target = self._path(path)
-        self._settle(key)
-        if self._write_failed and (failure := self._write_failure(key)) is not None:
-            # Not all of it was written: never install it (told once; the
-            # retry keeps what hashes right and fetches the rest).
-            self._forget_failed([key])
-            raise DiskFailure(f"cannot write temp file: {failure}")
         # (try/except rather than _failing: this runs once per applied file)
         try:
             if self._written.get(key) == size and key in self._synced:
@@ -437,12 +381,6 @@ class RealDisk:
         todo = [k for k in dict.fromkeys(keys) if k not in self._synced]
         if not todo:
             return
-        for k in todo:
-            self._settle(k)
-        failure = next((f for k in todo if (f := self._write_failure(k)) is not None), None)
-        if failure is not None:
-            self._forget_failed(todo)
-            raise DiskFailure(f"cannot write temp file: {failure}")
         with _failing("cannot flush fetched files to disk"):
             self._flush_temps([self._temp(k) for k in todo])
         self._synced.update(todo)
@@ -473,40 +411,13 @@ class RealDisk:
             with self._flush_lock:
                 self._flush_done[ticket] = None
             return ticket
-        if not self._io_start():  # (no thread to be had: flushed here)
-            failure = self._flush_keys(todo)
-            with self._flush_lock:
-                self._flush_done[ticket] = failure
-            return ticket
-        self._flush_jobs.put(_IoJob(ticket=ticket, keys=todo))
-        return ticket
-
-    def _io_start(self) -> bool:
-        """Start the disk's thread if it is not running; False if it cannot be."""
         if self._flusher is None:
-            thread = threading.Thread(target=self._flushing, name="syncron-io", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:  # (no thread to be had: the caller works alone)
-                return False
-            self._flusher = thread
-        return True
-
-    def _forget_failed(self, keys: Iterable[str], upto: int | None = None) -> None:
-        """A failure of ``keys`` is told (once): what they hold is unknown,
-        so the engine's retry keeps only what hashes right and fetches the
-        rest (:meth:`temp_present`). The temps stay: another job of the same
-        content may be filling one already (removing it under that job
-        installed a file of zeros, found by review). ``upto``: forget only
-        failures of writes numbered up to it (what a flush covered)."""
-        keys = list(keys)
-        with self._flush_lock:
-            for k in keys:
-                failed = self._write_failed.get(k)
-                if failed is not None and (upto is None or failed[0] <= upto):
-                    del self._write_failed[k]
-        for k in keys:
-            self._written.pop(k, None)
+            self._flusher = threading.Thread(
+                target=self._flushing, name="syncron-flush", daemon=True
+            )
+            self._flusher.start()
+        self._flush_jobs.put((ticket, [self._temp(k) for k in todo]))
+        return ticket
 
     def temps_synced(self, ticket: int) -> bool:
         with self._flush_lock:
@@ -515,10 +426,6 @@ class RealDisk:
             failure = self._flush_done.pop(ticket)
         todo, began = self._flush_begun.pop(ticket)
         if failure is not None:
-            # (Only what this flush covered: a write asked for after it
-            # began - by a newer job of the same content - that failed too
-            # is told by that job's own flush, found by review.)
-            self._forget_failed(todo, upto=began)
             raise DiskFailure(failure)
         # Durable: what was written before the flush began (a temp written
         # again since, by a later job of the same content, is not).
@@ -526,14 +433,17 @@ class RealDisk:
         return True
 
     def _flushing(self) -> None:
-        """The disk's thread: each write and flush asked for, in order, until closed."""
+        """The flushing thread: run each begun flush, in order, until closed."""
         while (job := self._flush_jobs.get()) is not None:
-            if job.data is not None:
-                self._write_behind(job)
-                continue
-            failure = self._flush_keys(job.keys)
+            ticket, temps = job
+            failure: str | None = None
+            try:
+                self._flush_temps(temps)
+            except Exception as exc:  # (whatever it is, the engine must hear of it)
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                failure = f"cannot flush fetched files to disk: {reason}"
             with self._flush_lock:
-                self._flush_done[job.ticket] = failure
+                self._flush_done[ticket] = failure
                 self._flush_lock.notify_all()
             callback = self.on_flushed
             if callback is not None:
@@ -542,41 +452,6 @@ class RealDisk:
                 with contextlib.suppress(Exception):
                     callback()
 
-    def _flush_keys(self, keys: list[str]) -> str | None:
-        """Flush temps ``keys`` (after their writes); why it failed, or None."""
-        try:
-            self._flush_temps([self._temp(k) for k in keys])
-        except Exception as exc:  # (whatever it is, the engine must hear of it)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            return f"cannot flush fetched files to disk: {reason}"
-        with self._flush_lock:
-            # A write to one of these temps failed: not durable either.
-            failed = next((f[1] for k in keys if (f := self._write_failed.get(k))), None)
-        return None if failed is None else f"cannot write temp file: {failed}"
-
-    def _write_behind(self, job: _IoJob) -> None:
-        assert job.data is not None
-        failure: str | None = None
-        try:
-            _write_temp(job.temp, job.offset, job.data)
-        except Exception as exc:  # (told by the temp's next flush or install)
-            failure = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        with self._flush_lock:
-            if failure is not None:
-                self._write_failed[job.key] = (job.number, failure)  # (the latest)
-            self._unwritten_bytes -= len(job.data)
-            left = self._unwritten[job.key] - 1
-            if left:
-                self._unwritten[job.key] = left
-            else:
-                del self._unwritten[job.key]
-            self._flush_lock.notify_all()
-
-    def wait_writes(self) -> None:
-        """Wait until every temp write asked for so far is made (or failed)."""
-        with self._flush_lock:
-            self._flush_lock.wait_for(lambda: not self._unwritten)
-
     def wait_flushes(self) -> None:
         """Wait until every flush begun so far has ended."""
         begun = list(self._flush_begun)
@@ -584,7 +459,7 @@ class RealDisk:
             self._flush_lock.wait_for(lambda: all(t in self._flush_done for t in begun))
 
     def close(self) -> None:
-        """End the disk's thread (after the writes and flushes asked for so far)."""
+        """End the flushing thread (after the flushes begun so far)."""
         if self._flusher is not None:
             self._flush_jobs.put(None)
             self._flusher.join()
@@ -724,37 +599,6 @@ def _failing(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise DiskFailure(f"{what}: {exc.strerror}") from None
-
-
-@dataclass(slots=True)
-class _IoJob:
-    """Work for the disk's thread: a temp write (``data``) or a flush (``ticket``)."""
-
-    key: str = ""
-    temp: str = ""
-    offset: int = 0
-    data: bytes | None = None
-    number: int = 0  # the write's number (RealDisk._writes)
-    ticket: int = 0
-    keys: list[str] = field(default_factory=list)
-
-
-def _write_temp(temp: str, offset: int, data: bytes) -> None:
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o644)
-    try:
-        start = offset
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
-        if len(data) >= WRITEBACK_MIN and _SYNC_FILE_RANGE is not None:
-            # Have the kernel start writing it out now: the disk works while
-            # more arrives, and the flush before install finds little left
-            # to write. A hint only.
-            _SYNC_FILE_RANGE(fd, start, len(data), _SYNC_FILE_RANGE_WRITE)
-    finally:
-        os.close(fd)
 
 
 def _observation(p: str, st: os.stat_result) -> Observation | None:

@@ -77,12 +77,7 @@ class Disk(Protocol):
         """Indexes of ``blocks`` already written (and still valid) in temp ``key``."""
 
     def temp_write(self, key: str, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset`` of temp file ``key`` (created as needed).
-
-        A disk may write it later (write-behind): a failure then surfaces at
-        the temp's next flush (:meth:`temps_synced`, :meth:`sync_temps`) or
-        install as :class:`DiskFailure`, and reads of the temp see the write.
-        """
+        """Write ``data`` at ``offset`` of temp file ``key`` (created as needed)."""
 
     def temp_read(self, key: str, offset: int, size: int) -> bytes | None:
         """``size`` bytes at ``offset`` of temp ``key``; None if not all there."""
