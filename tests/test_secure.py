@@ -656,3 +656,40 @@ def test_kept_copies_follow_no_symlink_and_keep_only_what_was_seen(tmp_path: Pat
     with pytest.raises(OSError):
         keep_copy_of(folder, "a.txt", str(folder / "a.txt"))
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_a_keyless_users_file_at_a_protected_path_gives_way_to_the_mesh_and_is_kept(
+    mesh: SecureMesh, again: bool
+) -> None:
+    # The user of the node without the key creates a file at a protected
+    # path (or creates it again after deleting the mesh's) while a key-holder
+    # creates the same path. The node cannot publish it (it cannot seal) and
+    # its index does not know it, so the mesh's version could never be
+    # installed: the node retried and rescanned at every interval, for ever
+    # (found by review). Now the user's bytes are kept aside, where the
+    # notice says, and the mesh's version takes the path.
+    populate(mesh)
+    keyless = mesh.node(2)
+    rel = "keys/new-key" if not again else "keys/id_ed25519"
+    if again:
+        (keyless.folder / rel).unlink()
+        mesh.scan(2)  # (restored from the mesh; the user deletes it before that)
+    (keyless.folder / rel).write_bytes(b"the keyless user's own file")
+    mesh.scan(2)
+    assert keyless.index.get(rel) is None or not again
+    mesh.write(0, rel, b"the key-holder's version " * 100)  # (theirs)
+    mesh.run(seconds=300)
+    assert len(mesh.roots()) == 1 and mesh.converged()
+    rec = keyless.index.get(rel)
+    assert rec is not None and rec.sealed
+    theirs = b"the key-holder's version " * 100
+    sealed = (keyless.folder / rel).read_bytes()
+    assert open_bytes(SealKeys.derive(KEY), sealed, rec.blocks) == theirs
+    kept = [n for n in keyless.notices if n.kind == "kept" and n.path == rel]
+    assert kept, [(n.kind, n.path, n.detail) for n in keyless.notices][-5:]
+    copies = list((keyless.folder / ".syncron" / "damaged").iterdir())
+    assert [c.read_bytes() for c in copies] == [b"the keyless user's own file"]
+    assert str(copies[0].name) in kept[-1].detail
+    rescans = sum(1 for n in keyless.notices if n.path == rel and "rescanning" in n.detail)
+    assert rescans <= 2

@@ -1339,7 +1339,7 @@ class Engine:
                 obs = self.disk.install_file(path, job.key, target.size, target.mode, expect)
         except LocalChanged as exc:
             self._store_deferred()  # resolving reads other paths
-            if self._structural_conflict(job, exc):
+            if self._structural_conflict(job, exc) or self._gives_way(job):
                 return
             self._notice("kept", path, f"changed locally meanwhile; rescanning ({exc})")
             # Resolve the *received* record again, not the job's target: a
@@ -1526,6 +1526,52 @@ class Engine:
             self._store([replace(copy, fingerprint=obs.fingerprint), kept], "")
             return True
         return False
+
+    def _gives_way(self, job: Job) -> bool:
+        """On a node without the secure key, its own file at a protected path
+        makes way for the mesh's sealed version, and is kept.
+
+        Its scans cannot record that file (publishing it would publish a
+        protected file's plaintext: protocol section 9), so the index does not
+        know it and the install, expecting nothing there, failed at every
+        retry, for ever (found by review). Once a rescan has confirmed it
+        (PATIENCE attempts), the file is kept where its owner finds it
+        (``Disk.keep_copy``: the node's state directory, never synced) and
+        the mesh's version is installed over it. Nodes with the key are left
+        alone: their scans record such a file, and the conflict rule keeps it.
+        """
+        target = job.target
+        path = target.path
+        if not target.sealed or target.deleted or target.type != EntryType.FILE:
+            return False
+        if getattr(self.disk, "will_install", None) is not None:
+            return False  # (the sealed disk's hook: this node holds the key)
+        if job.move_local_to is not None or job.repair or job.remote.path != path:
+            return False
+        local = self.store.get(path)
+        if local is not None and not local.deleted:
+            return False  # the index knows what is there
+        if self._attempt(path) <= PATIENCE:
+            return False  # (rescanned first: a scan may yet record it)
+        try:
+            there = self.disk.observe(path)
+            if there is None or there.type != EntryType.FILE:
+                return False
+            where, now = self.disk.keep_copy(path, there)
+            obs = self.disk.install_file(path, job.key, target.size, target.mode, now)
+        except (LocalChanged, DiskFailure):
+            return False
+        self.stats["applied"] += 1
+        self._notice(
+            "kept",
+            path,
+            "protected by .secure and made here without the secure key (not synced);"
+            f" this node's file is kept as {where}, the mesh's version installed",
+        )
+        self._store(
+            [with_local(target, target.sequence, obs.fingerprint), *job.extra], job.origin_peer
+        )
+        return True
 
     def _file_ancestor(self, path: str) -> Record | None:
         head = parent(path)
