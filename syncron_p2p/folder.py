@@ -24,6 +24,9 @@ INDEX_DB = "index.db"
 TMP_DIR = "tmp"
 DAMAGED_DIR = "damaged"  # files replaced by a repair (verify), kept for their owner
 KEPT_NAME_MAX = 200  # bytes of a kept copy's name (file systems allow 255)
+# Kept copies of what a node without the secure key made at a protected path
+# (its edits, its own files there): never synced, one per path, the latest.
+UNSYNCED_SUFFIX = "unsynced"
 
 
 def keep_copy_of(

@@ -30,7 +30,7 @@ from syncron_p2p.index.records import SEAL_OVERHEAD, EntryType, Record, entry_di
 from syncron_p2p.index.secure_rules import SecurePatterns
 from syncron_p2p.protocol import codec
 from syncron_p2p.protocol.messages import Records
-from syncron_p2p.sync.effects import LocalChanges
+from syncron_p2p.sync.effects import LocalChanges, PeerUp
 
 KEY = bytes(range(32))
 OTHER = bytes(32)
@@ -693,3 +693,101 @@ def test_a_keyless_users_file_at_a_protected_path_gives_way_to_the_mesh_and_is_k
     assert str(copies[0].name) in kept[-1].detail
     rescans = sum(1 for n in keyless.notices if n.path == rel and "rescanning" in n.detail)
     assert rescans <= 2
+
+
+def _damaged(node: RealNode) -> list[Path]:
+    where = node.folder / ".syncron" / "damaged"
+    return sorted(where.iterdir()) if where.exists() else []
+
+
+def test_a_keyless_users_file_that_cannot_be_replaced_is_kept_once_and_said(
+    mesh: SecureMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (Found by review.) The install over the kept file fails (a read-only
+    # directory, say): a copy was kept at every retry (78 copies, 21 MB in
+    # 120 s), silently. Now one copy (not copied again while the file is
+    # the one kept), and an error notice each time the install fails.
+    from syncron_p2p.sync.disk import DiskFailure
+
+    populate(mesh)
+    keyless = mesh.node(2)
+    rel = "keys/new-key"
+    (keyless.folder / rel).write_bytes(b"mine " * 10000)
+    mesh.scan(2)
+    real = keyless.raw.install_file
+
+    def failing(path: str, key: str, size: int, mode: int, expect: Any) -> Any:
+        if path == rel and expect is not None:
+            raise DiskFailure(f"cannot install {path}: Permission denied")
+        return real(path, key, size, mode, expect)
+
+    monkeypatch.setattr(keyless.raw, "install_file", failing)
+    mesh.write(0, rel, b"the key-holder's version " * 100)
+    mesh.run(seconds=300)
+    assert [c.read_bytes() for c in _damaged(keyless)] == [b"mine " * 10000]
+    errors = [n for n in keyless.notices if n.kind == "error" and n.path == rel]
+    assert errors and "Permission denied" in errors[0].detail  # (said, not silent)
+    monkeypatch.setattr(keyless.raw, "install_file", real)
+    mesh.run(seconds=3000)
+    assert mesh.converged()
+    assert [c.read_bytes() for c in _damaged(keyless)] == [b"mine " * 10000]
+
+
+def test_a_keyless_users_file_still_growing_is_kept_in_one_copy(
+    mesh: SecureMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (Found by review.) The user is still copying a big file in: it changed
+    # between the copy and the install, and each retry kept another copy.
+    populate(mesh)
+    keyless = mesh.node(2)
+    rel = "keys/new-key"
+    target = keyless.folder / rel
+    target.write_bytes(b"part " * 10000)
+    mesh.scan(2)
+    real = keyless.raw.keep_copy
+    grow = {"n": 0}
+
+    def keep_then_grow(path: str, expect: Any, suffix: str | None = None) -> Any:
+        out = real(path, expect, suffix)
+        if path == rel and grow["n"] < 5:
+            grow["n"] += 1
+            with open(target, "ab") as fh:
+                fh.write(b"part " * 10000)
+        return out
+
+    monkeypatch.setattr(keyless.raw, "keep_copy", keep_then_grow)
+    mesh.write(0, rel, b"the key-holder's version " * 100)
+    mesh.run(seconds=600)
+    assert mesh.converged()
+    assert [c.read_bytes() for c in _damaged(keyless)] == [b"part " * 60000]  # the whole file
+
+
+def test_a_keyless_node_that_lost_its_index_keeps_no_copy_of_the_meshs_own_files(
+    tmp_path: Path,
+) -> None:
+    # (Found by review.) Its protected files already are the mesh's sealed
+    # objects, byte for byte: recorded as they are, nothing kept aside.
+    import shutil
+
+    m = SecureMesh(tmp_path, [KEY, None, None])
+    try:
+        m.write(0, ".secure", b"# protected\nkeys/\n*.kdbx\n/tax/\n")
+        for rel, data in SECRETS.items():
+            m.write(0, rel, data)
+        m.links |= {("node0", "node1"), ("node1", "node0")}
+        m._feed("node0", PeerUp("node1"))
+        m._feed("node1", PeerUp("node0"))
+        m.run()
+        n1, n2 = m.node(1), m.node(2)
+        for rel in [".secure", *SECRETS]:
+            (n2.folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(n1.folder / rel, n2.folder / rel)
+        m.scan(2)
+        m.connect_all()
+        m.run(seconds=300)
+        assert m.converged()
+        for rel in SECRETS:
+            assert (n2.folder / rel).read_bytes() == (n1.folder / rel).read_bytes()
+        assert not _damaged(n2)
+    finally:
+        m.close()

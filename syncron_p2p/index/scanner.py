@@ -70,7 +70,7 @@ import blake3
 import msgpack
 
 from syncron_p2p.crypto.sealed import Sealer, SealKeys
-from syncron_p2p.folder import TMP_DIR, keep_copy_of
+from syncron_p2p.folder import TMP_DIR, UNSYNCED_SUFFIX, keep_copy_of
 from syncron_p2p.index.blocks import (
     MAX_RECORD_BLOCKS,
     FileDigest,
@@ -104,9 +104,6 @@ from syncron_p2p.paths import (
 )
 
 HASH_RETRIES = 3
-# A protected file edited on a node without the key: its latest edit is kept
-# as .syncron/damaged/<path, / as %>.unsynced.
-UNSYNCED_SUFFIX = "unsynced"
 FILE_MODE_EXEC = 0o755
 FILE_MODE_PLAIN = 0o644
 DIR_MODE = 0o755

@@ -40,6 +40,7 @@ import blake3
 
 from syncron_p2p.config import Role, Timing
 from syncron_p2p.errors import RemoteProtocolError, UnsafePathError
+from syncron_p2p.folder import UNSYNCED_SUFFIX
 from syncron_p2p.index.forgotten import (
     ANY_FORGOTTEN,
     ENGINE_NS,
@@ -54,6 +55,7 @@ from syncron_p2p.index.records import (
     Block,
     EntryType,
     Record,
+    StatFingerprint,
     entry_digest,
     mint,
     with_local,
@@ -280,6 +282,8 @@ class Engine:
         # the jobs waiting for that one (prepared once it is done: they then
         # copy the content from the file it installed).
         self._key_owner: dict[str, str] = {}
+        # path -> the fingerprint of the keyless user's file kept there (_gives_way)
+        self._kept_in_way: dict[str, StatFingerprint] = {}
         self._key_waiting: dict[str, list[tuple[Job, Record | None, tuple[bytes, bytes] | None]]]
         self._key_waiting = {}
         self._ready: list[Job] = []  # all blocks at hand: installed together (_install_due)
@@ -1536,9 +1540,12 @@ class Engine:
         know it and the install, expecting nothing there, failed at every
         retry, for ever (found by review). Once a rescan has confirmed it
         (PATIENCE attempts), the file is kept where its owner finds it
-        (``Disk.keep_copy``: the node's state directory, never synced) and
-        the mesh's version is installed over it. Nodes with the key are left
-        alone: their scans record such a file, and the conflict rule keeps it.
+        (``Disk.keep_copy``: the node's state directory, never synced; one
+        copy per path, ``<path>.unsynced``, as for the keyless edits the
+        scanner keeps) and the mesh's version is installed over it. A file
+        that already is the mesh's version (an index lost or restored) is
+        recorded as it is. Nodes with the key are left alone: their scans
+        record such a file, and the conflict rule keeps it. True when handled.
         """
         target = job.target
         path = target.path
@@ -1555,22 +1562,46 @@ class Engine:
             return False  # (rescanned first: a scan may yet record it)
         try:
             there = self.disk.observe(path)
-            if there is None or there.type != EntryType.FILE:
+            if there is None or there.type != EntryType.FILE or there.fingerprint is None:
                 return False
-            where, now = self.disk.keep_copy(path, there)
-            obs = self.disk.install_file(path, job.key, target.size, target.mode, now)
-        except (LocalChanged, DiskFailure):
-            return False
+            if self._holds(path, target, there):
+                self._store([with_local(target, target.sequence, there.fingerprint)], "")
+                return True
+            if self._kept_in_way.get(path) != there.fingerprint:
+                where, there = self.disk.keep_copy(path, there, suffix=UNSYNCED_SUFFIX)
+                if there is None or there.fingerprint is None:
+                    return False
+                self._kept_in_way[path] = there.fingerprint
+                self._notice(
+                    "kept",
+                    path,
+                    "protected by .secure and made here without the secure key (not"
+                    f" synced): this node's file is kept as {where}; installing the mesh's",
+                )
+            obs = self.disk.install_file(path, job.key, target.size, target.mode, there)
+        except LocalChanged:
+            return False  # (changed again meanwhile: the next attempt)
+        except DiskFailure as exc:
+            self._notice("error", path, str(exc))
+            self.retry[path] = (
+                self._now + 30 * self.timing.retry_delay,
+                job.remote,
+                job.origin_peer,
+            )
+            return True
+        self._kept_in_way.pop(path, None)
         self.stats["applied"] += 1
-        self._notice(
-            "kept",
-            path,
-            "protected by .secure and made here without the secure key (not synced);"
-            f" this node's file is kept as {where}, the mesh's version installed",
-        )
-        self._store(
-            [with_local(target, target.sequence, obs.fingerprint), *job.extra], job.origin_peer
-        )
+        self._store([with_local(target, target.sequence, obs.fingerprint), *job.extra], "")
+        return True
+
+    def _holds(self, path: str, target: Record, there: Observation) -> bool:
+        """The file at ``path`` already is ``target``'s content (checked block by block)."""
+        if there.fingerprint is None or there.fingerprint.size != target.size:
+            return False
+        for block in target.blocks:
+            data = self.disk.read_block(path, block.offset, block.size)
+            if data is None or blake3.blake3(data).digest() != block.hash:
+                return False
         return True
 
     def _file_ancestor(self, path: str) -> Record | None:
