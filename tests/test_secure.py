@@ -700,6 +700,15 @@ def _damaged(node: RealNode) -> list[Path]:
     return sorted(where.iterdir()) if where.exists() else []
 
 
+def _keyless_file_at(mesh: SecureMesh, rel: str, data: bytes) -> RealNode:
+    """The node without the key, whose user made ``rel`` (a protected path) there."""
+    populate(mesh)
+    keyless = mesh.node(2)
+    (keyless.folder / rel).write_bytes(data)
+    mesh.scan(2)  # (not recorded: not synced)
+    return keyless
+
+
 def test_a_keyless_users_file_that_cannot_be_replaced_is_kept_once_and_said(
     mesh: SecureMesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -709,11 +718,8 @@ def test_a_keyless_users_file_that_cannot_be_replaced_is_kept_once_and_said(
     # the one kept), and an error notice each time the install fails.
     from syncron_p2p.sync.disk import DiskFailure
 
-    populate(mesh)
-    keyless = mesh.node(2)
     rel = "keys/new-key"
-    (keyless.folder / rel).write_bytes(b"mine " * 10000)
-    mesh.scan(2)
+    keyless = _keyless_file_at(mesh, rel, b"mine " * 10000)
     real = keyless.raw.install_file
 
     def failing(path: str, key: str, size: int, mode: int, expect: Any) -> Any:
@@ -738,12 +744,9 @@ def test_a_keyless_users_file_still_growing_is_kept_in_one_copy(
 ) -> None:
     # (Found by review.) The user is still copying a big file in: it changed
     # between the copy and the install, and each retry kept another copy.
-    populate(mesh)
-    keyless = mesh.node(2)
     rel = "keys/new-key"
+    keyless = _keyless_file_at(mesh, rel, b"part " * 10000)
     target = keyless.folder / rel
-    target.write_bytes(b"part " * 10000)
-    mesh.scan(2)
     real = keyless.raw.keep_copy
     grow = {"n": 0}
 
