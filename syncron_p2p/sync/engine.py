@@ -1565,7 +1565,10 @@ class Engine:
             if there is None or there.type != EntryType.FILE or there.fingerprint is None:
                 return False
             if self._holds(path, target, there):
-                self._store([with_local(target, target.sequence, there.fingerprint)], "")
+                self._kept_in_way.pop(path, None)
+                self._store(
+                    [with_local(target, target.sequence, there.fingerprint)], job.origin_peer
+                )
                 return True
             if self._kept_in_way.get(path) != there.fingerprint:
                 where, there = self.disk.keep_copy(path, there, suffix=UNSYNCED_SUFFIX)
@@ -1576,7 +1579,8 @@ class Engine:
                     "kept",
                     path,
                     "protected by .secure and made here without the secure key (not"
-                    f" synced): this node's file is kept as {where}; installing the mesh's",
+                    f" synced): this node's file is kept as {where}, to make way for the"
+                    " mesh's version",
                 )
             obs = self.disk.install_file(path, job.key, target.size, target.mode, there)
         except LocalChanged:
@@ -1591,7 +1595,8 @@ class Engine:
             return True
         self._kept_in_way.pop(path, None)
         self.stats["applied"] += 1
-        self._store([with_local(target, target.sequence, obs.fingerprint), *job.extra], "")
+        records = [with_local(target, target.sequence, obs.fingerprint), *job.extra]
+        self._store(records, job.origin_peer)
         return True
 
     def _holds(self, path: str, target: Record, there: Observation) -> bool:
