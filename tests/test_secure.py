@@ -794,3 +794,23 @@ def test_a_keyless_node_that_lost_its_index_keeps_no_copy_of_the_meshs_own_files
         assert not _damaged(n2)
     finally:
         m.close()
+
+
+def test_a_keyless_users_file_where_the_mesh_needs_a_directory_is_kept_and_gives_way(
+    mesh: SecureMesh,
+) -> None:
+    # (Found by review, not new.) The user of the node without the key made a
+    # file at keys/sub (protected: not synced); a key-holder makes keys/sub/x.
+    # The install needs a directory there: it failed at every retry, for ever.
+    keyless = _keyless_file_at(mesh, "keys/sub", b"the keyless user's file")
+    theirs = b"the key-holder's file below " * 50
+    mesh.write(0, "keys/sub/x", theirs)
+    mesh.run(seconds=300)
+    assert len(mesh.roots()) == 1 and mesh.converged()
+    rec = keyless.index.get("keys/sub/x")
+    assert rec is not None and rec.sealed
+    sealed = (keyless.folder / "keys" / "sub" / "x").read_bytes()
+    assert open_bytes(SealKeys.derive(KEY), sealed, rec.blocks) == theirs
+    assert [c.name for c in _damaged(keyless)] == ["keys%sub.unsynced"]
+    assert _damaged(keyless)[0].read_bytes() == b"the keyless user's file"
+    assert [n for n in keyless.notices if n.kind == "kept" and n.path == "keys/sub"]

@@ -1343,7 +1343,7 @@ class Engine:
                 obs = self.disk.install_file(path, job.key, target.size, target.mode, expect)
         except LocalChanged as exc:
             self._store_deferred()  # resolving reads other paths
-            if self._structural_conflict(job, exc) or self._gives_way(job):
+            if self._structural_conflict(job, exc) or self._gives_way(job, exc):
                 return
             self._notice("kept", path, f"changed locally meanwhile; rescanning ({exc})")
             # Resolve the *received* record again, not the job's target: a
@@ -1531,7 +1531,7 @@ class Engine:
             return True
         return False
 
-    def _gives_way(self, job: Job) -> bool:
+    def _gives_way(self, job: Job, exc: LocalChanged) -> bool:
         """On a node without the secure key, its own file at a protected path
         makes way for the mesh's sealed version, and is kept.
 
@@ -1545,7 +1545,9 @@ class Engine:
         scanner keeps) and the mesh's version is installed over it. A file
         that already is the mesh's version (an index lost or restored) is
         recorded as it is. Nodes with the key are left alone: their scans
-        record such a file, and the conflict rule keeps it. True when handled.
+        record such a file, and the conflict rule keeps it. The same for such a
+        file where the path needs a directory (``keys/sub`` in the way of
+        ``keys/sub/x``): kept, then removed. True when handled.
         """
         target = job.target
         path = target.path
@@ -1555,11 +1557,19 @@ class Engine:
             return False  # (the sealed disk's hook: this node holds the key)
         if job.move_local_to is not None or job.repair or job.remote.path != path:
             return False
-        local = self.store.get(path)
+        blocked = path
+        if isinstance(exc, ParentNotDirectory):
+            ancestor = self._file_on_disk_above(path)
+            if ancestor is None:
+                return False
+            blocked = ancestor
+        local = self.store.get(blocked)
         if local is not None and not local.deleted:
             return False  # the index knows what is there
         if self._attempt(path) <= PATIENCE:
             return False  # (rescanned first: a scan may yet record it)
+        if blocked != path:
+            return self._ancestor_gives_way(job, blocked)
         try:
             there = self.disk.observe(path)
             if there is None or there.type != EntryType.FILE or there.fingerprint is None:
@@ -1597,6 +1607,43 @@ class Engine:
         self.stats["applied"] += 1
         records = [with_local(target, target.sequence, obs.fingerprint), *job.extra]
         self._store(records, job.origin_peer)
+        return True
+
+    def _file_on_disk_above(self, path: str) -> str | None:
+        """The highest ancestor of ``path`` that is a regular file on disk."""
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            there = self.disk.observe("/".join(parts[:i]))
+            if there is None:
+                return None
+            if there.type == EntryType.FILE:
+                return "/".join(parts[:i])
+            if there.type != EntryType.DIRECTORY:
+                return None  # (a symlink: recorded by any scan, a structural conflict)
+        return None
+
+    def _ancestor_gives_way(self, job: Job, blocked: str) -> bool:
+        """:meth:`_gives_way` for a file where ``job`` needs a directory."""
+        try:
+            there = self.disk.observe(blocked)
+            if there is None or there.type != EntryType.FILE:
+                return False
+            where, there = self.disk.keep_copy(blocked, there, suffix=UNSYNCED_SUFFIX)
+            self.disk.remove(blocked, there)
+        except LocalChanged:
+            return False
+        except DiskFailure as exc:
+            self._notice("error", blocked, str(exc))
+            later = self._now + 30 * self.timing.retry_delay
+            self.retry[job.remote.path] = (later, job.remote, job.origin_peer)
+            return True
+        self._notice(
+            "kept",
+            blocked,
+            "protected by .secure and made here without the secure key (not synced):"
+            f" this node's file is kept as {where}, to make way for {job.target.path}",
+        )
+        self.retry[job.remote.path] = (self._now, job.remote, job.origin_peer)
         return True
 
     def _holds(self, path: str, target: Record, there: Observation) -> bool:
