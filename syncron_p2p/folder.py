@@ -57,7 +57,8 @@ def keep_copy_of(
         ext = ext if len(os.fsencode(ext)) <= 16 else ""
         stem = blake3.blake3(os.fsencode(rel)).hexdigest(length=16) + ext
     nofollow = getattr(os, "O_NOFOLLOW", 0)
-    src = os.open(source, os.O_RDONLY | nofollow)
+    # (O_NONBLOCK: a FIFO there must not block the open; refused just below)
+    src = os.open(source, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode):

@@ -739,11 +739,13 @@ def test_a_keyless_users_file_that_cannot_be_replaced_is_kept_once_and_said(
     assert [c.read_bytes() for c in _damaged(keyless)] == [b"mine " * 10000]
 
 
-def test_a_keyless_users_file_still_growing_is_kept_in_one_copy(
+def test_a_keyless_users_file_still_growing_is_kept_once_per_version(
     mesh: SecureMesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # (Found by review.) The user is still copying a big file in: it changed
-    # between the copy and the install, and each retry kept another copy.
+    # between the copy and the install. A copy per version it had when a
+    # retry found it (each complete then), never one per retry, and never
+    # one copy replacing another (a later review: that lost other files).
     rel = "keys/new-key"
     keyless = _keyless_file_at(mesh, rel, b"part " * 10000)
     target = keyless.folder / rel
@@ -762,7 +764,10 @@ def test_a_keyless_users_file_still_growing_is_kept_in_one_copy(
     mesh.write(0, rel, b"the key-holder's version " * 100)
     mesh.run(seconds=600)
     assert mesh.converged()
-    assert [c.read_bytes() for c in _damaged(keyless)] == [b"part " * 60000]  # the whole file
+    copies = [c.read_bytes() for c in _damaged(keyless)]
+    assert b"part " * 60000 in copies  # the whole file
+    assert len(copies) <= grow["n"] + 1
+    assert all(c == b"part " * (10000 * (len(c) // 50000)) for c in copies)
 
 
 def test_a_keyless_node_that_lost_its_index_keeps_no_copy_of_the_meshs_own_files(
@@ -811,6 +816,39 @@ def test_a_keyless_users_file_where_the_mesh_needs_a_directory_is_kept_and_gives
     assert rec is not None and rec.sealed
     sealed = (keyless.folder / "keys" / "sub" / "x").read_bytes()
     assert open_bytes(SealKeys.derive(KEY), sealed, rec.blocks) == theirs
-    assert [c.name for c in _damaged(keyless)] == ["keys%sub.unsynced"]
+    assert [c.name for c in _damaged(keyless)] == ["keys%sub.1"]
     assert _damaged(keyless)[0].read_bytes() == b"the keyless user's file"
     assert [n for n in keyless.notices if n.kind == "kept" and n.path == "keys/sub"]
+
+
+def test_a_fifo_at_a_protected_path_on_a_keyless_node_blocks_nothing(mesh: SecureMesh) -> None:
+    # (Found by review.) A special file there was taken for a file to keep:
+    # opening a FIFO to copy it blocked the engine, and the node, for ever.
+    populate(mesh)
+    keyless = mesh.node(2)
+    os.mkfifo(keyless.folder / "keys" / "new-key")
+    mesh.scan(2)
+    mesh.write(0, "keys/new-key", b"the key-holder's version " * 100)
+    mesh.write(0, "after.txt", b"later changes still arrive")
+    mesh.run(seconds=300)
+    assert (keyless.folder / "after.txt").read_bytes() == b"later changes still arrive"
+    assert not _damaged(keyless)
+
+
+def test_a_keyless_users_files_made_again_at_one_path_are_all_kept(mesh: SecureMesh) -> None:
+    # (Found by review.) Kept once, the path deleted by the mesh, a new file
+    # made there and kept in turn: one copy per path replaced the first.
+    keyless = _keyless_file_at(mesh, "keys/new-key", b"USER KEY ONE")
+    mesh.write(0, "keys/new-key", b"the key-holder's version " * 100)
+    mesh.run(seconds=300)
+    (mesh.node(0).folder / "keys" / "new-key").unlink()
+    mesh.scan(0)
+    mesh.run(seconds=300)
+    assert not (keyless.folder / "keys" / "new-key").exists()
+    (keyless.folder / "keys" / "new-key").write_bytes(b"USER KEY TWO")
+    mesh.scan(2)
+    mesh.write(0, "keys/new-key", b"the key-holder's second version " * 100)
+    mesh.run(seconds=300)
+    assert mesh.converged()
+    kept = sorted(c.read_bytes() for c in _damaged(keyless))
+    assert kept == [b"USER KEY ONE", b"USER KEY TWO"]

@@ -40,7 +40,6 @@ import blake3
 
 from syncron_p2p.config import Role, Timing
 from syncron_p2p.errors import RemoteProtocolError, UnsafePathError
-from syncron_p2p.folder import UNSYNCED_SUFFIX
 from syncron_p2p.index.forgotten import (
     ANY_FORGOTTEN,
     ENGINE_NS,
@@ -1572,16 +1571,18 @@ class Engine:
             return self._ancestor_gives_way(job, blocked)
         try:
             there = self.disk.observe(path)
-            if there is None or there.type != EntryType.FILE or there.fingerprint is None:
-                return False
+            if not _regular_file(there):
+                return False  # (a FIFO would block the copy's read for ever)
+            assert there is not None and there.fingerprint is not None
             if self._holds(path, target, there):
-                self._kept_in_way.pop(path, None)
                 self._store(
                     [with_local(target, target.sequence, there.fingerprint)], job.origin_peer
                 )
+                with contextlib.suppress(DiskFailure):
+                    self.disk.temp_discard(job.key)  # (not needed: the file is it)
                 return True
             if self._kept_in_way.get(path) != there.fingerprint:
-                where, there = self.disk.keep_copy(path, there, suffix=UNSYNCED_SUFFIX)
+                where, there = self.disk.keep_copy(path, there)
                 if there is None or there.fingerprint is None:
                     return False
                 self._kept_in_way[path] = there.fingerprint
@@ -1593,9 +1594,9 @@ class Engine:
                     " mesh's version",
                 )
             obs = self.disk.install_file(path, job.key, target.size, target.mode, there)
-        except LocalChanged:
+        except (LocalChanged, UnsafePathError):
             return False  # (changed again meanwhile: the next attempt)
-        except DiskFailure as exc:
+        except (DiskFailure, OSError) as exc:
             self._notice("error", path, str(exc))
             self.retry[path] = (
                 self._now + 30 * self.timing.retry_delay,
@@ -1613,36 +1614,46 @@ class Engine:
         """The highest ancestor of ``path`` that is a regular file on disk."""
         parts = path.split("/")[:-1]
         for i in range(1, len(parts) + 1):
-            there = self.disk.observe("/".join(parts[:i]))
+            try:
+                there = self.disk.observe("/".join(parts[:i]))
+            except (LocalChanged, DiskFailure, UnsafePathError, OSError):
+                return None  # (the next attempt)
             if there is None:
                 return None
-            if there.type == EntryType.FILE:
-                return "/".join(parts[:i])
             if there.type != EntryType.DIRECTORY:
-                return None  # (a symlink: recorded by any scan, a structural conflict)
+                # (a symlink is recorded by any scan: a structural conflict)
+                return "/".join(parts[:i]) if _regular_file(there) else None
         return None
 
     def _ancestor_gives_way(self, job: Job, blocked: str) -> bool:
         """:meth:`_gives_way` for a file where ``job`` needs a directory."""
         try:
             there = self.disk.observe(blocked)
-            if there is None or there.type != EntryType.FILE:
+            if not _regular_file(there):
                 return False
-            where, there = self.disk.keep_copy(blocked, there, suffix=UNSYNCED_SUFFIX)
+            assert there is not None
+            where = ""
+            if self._kept_in_way.get(blocked) != there.fingerprint:
+                where, there = self.disk.keep_copy(blocked, there)
+                if there is None or there.fingerprint is None:
+                    return False
+                self._kept_in_way[blocked] = there.fingerprint
             self.disk.remove(blocked, there)
-        except LocalChanged:
+        except (LocalChanged, UnsafePathError):
             return False
-        except DiskFailure as exc:
+        except (DiskFailure, OSError) as exc:
             self._notice("error", blocked, str(exc))
             later = self._now + 30 * self.timing.retry_delay
             self.retry[job.remote.path] = (later, job.remote, job.origin_peer)
             return True
-        self._notice(
-            "kept",
-            blocked,
-            "protected by .secure and made here without the secure key (not synced):"
-            f" this node's file is kept as {where}, to make way for {job.target.path}",
-        )
+        self._kept_in_way.pop(blocked, None)
+        if where:
+            self._notice(
+                "kept",
+                blocked,
+                "protected by .secure and made here without the secure key (not synced):"
+                f" this node's file is kept as {where}, to make way for {job.target.path}",
+            )
         self.retry[job.remote.path] = (self._now, job.remote, job.origin_peer)
         return True
 
@@ -1688,9 +1699,12 @@ class Engine:
         """What follows every write of records: bookkeeping, notices, pushes."""
         self._changed = True
         self._batch_stored.extend(stored)
+        kept = self._kept_in_way
         for rec in stored:
             self.retry.pop(rec.path, None)
             self.attempts.pop(rec.path, None)
+            if kept:
+                kept.pop(rec.path, None)  # (a new state there: a file in the way is kept anew)
             self._notice("applied", rec.path, "deleted" if rec.deleted else "")
         self._announce(stored, exclude=origin_peer)
 
@@ -2024,3 +2038,14 @@ def _check_vector(path: str, vector: VersionVector) -> None:
     entries = vector.entries
     if len(entries) > PLAUSIBLE_ACTORS or any(c > PLAUSIBLE_COUNTER for _, c in entries):
         raise RemoteProtocolError(f"implausible version vector for {path!r}")
+
+
+def _regular_file(there: Observation | None) -> bool:
+    """``there`` is a regular file (a special file is observed as a file that
+    never matches: size -1)."""
+    return (
+        there is not None
+        and there.type == EntryType.FILE
+        and there.fingerprint is not None
+        and there.fingerprint.size >= 0
+    )
