@@ -24,8 +24,8 @@ INDEX_DB = "index.db"
 TMP_DIR = "tmp"
 DAMAGED_DIR = "damaged"  # files replaced by a repair (verify), kept for their owner
 KEPT_NAME_MAX = 200  # bytes of a kept copy's name (file systems allow 255)
-# Kept copies of what a node without the secure key made at a protected path
-# (its edits, its own files there): never synced, one per path, the latest.
+# Kept copies of the edits made to a protected file on a node without the
+# secure key: never synced, one per path, the latest.
 UNSYNCED_SUFFIX = "unsynced"
 
 

@@ -752,8 +752,8 @@ def test_a_keyless_users_file_still_growing_is_kept_once_per_version(
     real = keyless.raw.keep_copy
     grow = {"n": 0}
 
-    def keep_then_grow(path: str, expect: Any, suffix: str | None = None) -> Any:
-        out = real(path, expect, suffix)
+    def keep_then_grow(path: str, expect: Any) -> Any:
+        out = real(path, expect)
         if path == rel and grow["n"] < 5:
             grow["n"] += 1
             with open(target, "ab") as fh:

@@ -359,9 +359,7 @@ class RealDisk:
 
     # -------------------------------------------------------- durability
 
-    def keep_copy(
-        self, path: str, expect: Observation | None, suffix: str | None = None
-    ) -> tuple[str, Observation | None]:
+    def keep_copy(self, path: str, expect: Observation | None) -> tuple[str, Observation | None]:
         """Copy the file into ``.syncron/damaged/`` (``<path, / as %>.<n>``, or
         a hash of the path when that name would be too long).
 
@@ -373,7 +371,7 @@ class RealDisk:
         target = self._path(path)
         with _failing(f"cannot keep a copy of {path}"):
             self._check(path, target, expect)
-            where = keep_copy_of(self.root, path, target, suffix=suffix)
+            where = keep_copy_of(self.root, path, target)
             now = self._check(path, target, expect)  # (an edit while we copied: not ours)
         if now is None:
             raise LocalChanged(f"{path} is gone")

@@ -106,17 +106,13 @@ class Disk(Protocol):
     def move(self, src: str, dst: str, expect: Observation | None) -> Observation:
         """Rename ``src`` (still ``expect``) to ``dst``, which must not exist."""
 
-    def keep_copy(
-        self, path: str, expect: Observation | None, suffix: str | None = None
-    ) -> tuple[str, Observation | None]:
+    def keep_copy(self, path: str, expect: Observation | None) -> tuple[str, Observation | None]:
         """Keep a copy of the file at ``path`` (still ``expect``) where its
         owner can get it back and nothing syncs it (the node's state
-        directory), before it is replaced. ``suffix``: one copy per path
-        under that name, each replacing the last (else a new copy each
-        time). Returns where it is kept (for the log) and what is at
-        ``path`` now, which is ``expect``: the file itself is left exactly
-        as it was (so a repair failing after this leaves no trace a scan
-        could take for an edit).
+        directory), before it is replaced. Returns where it is kept (for the
+        log) and what is at ``path`` now, which is ``expect``: the file itself
+        is left exactly as it was (so a repair failing after this leaves no
+        trace a scan could take for an edit).
         """
 
     def sync_temps(self, keys: Sequence[str]) -> None:

@@ -1581,18 +1581,9 @@ class Engine:
                 with contextlib.suppress(DiskFailure):
                     self.disk.temp_discard(job.key)  # (not needed: the file is it)
                 return True
-            if self._kept_in_way.get(path) != there.fingerprint:
-                where, there = self.disk.keep_copy(path, there)
-                if there is None or there.fingerprint is None:
-                    return False
-                self._kept_in_way[path] = there.fingerprint
-                self._notice(
-                    "kept",
-                    path,
-                    "protected by .secure and made here without the secure key (not"
-                    f" synced): this node's file is kept as {where}, to make way for the"
-                    " mesh's version",
-                )
+            there = self._keep_in_way(path, there, "the mesh's version")
+            if there is None:
+                return False
             obs = self.disk.install_file(path, job.key, target.size, target.mode, there)
         except (LocalChanged, UnsafePathError):
             return False  # (changed again meanwhile: the next attempt)
@@ -1632,12 +1623,9 @@ class Engine:
             if not _regular_file(there):
                 return False
             assert there is not None
-            where = ""
-            if self._kept_in_way.get(blocked) != there.fingerprint:
-                where, there = self.disk.keep_copy(blocked, there)
-                if there is None or there.fingerprint is None:
-                    return False
-                self._kept_in_way[blocked] = there.fingerprint
+            there = self._keep_in_way(blocked, there, job.target.path)
+            if there is None:
+                return False
             self.disk.remove(blocked, there)
         except (LocalChanged, UnsafePathError):
             return False
@@ -1647,15 +1635,26 @@ class Engine:
             self.retry[job.remote.path] = (later, job.remote, job.origin_peer)
             return True
         self._kept_in_way.pop(blocked, None)
-        if where:
-            self._notice(
-                "kept",
-                blocked,
-                "protected by .secure and made here without the secure key (not synced):"
-                f" this node's file is kept as {where}, to make way for {job.target.path}",
-            )
         self.retry[job.remote.path] = (self._now, job.remote, job.origin_peer)
         return True
+
+    def _keep_in_way(self, path: str, there: Observation, what: str) -> Observation | None:
+        """Keep the file at ``path`` (a new numbered copy, never over another)
+        unless this very file was kept already; what stands there now, or
+        None if it is no longer a file. Raises what ``Disk.keep_copy`` raises."""
+        if self._kept_in_way.get(path) == there.fingerprint:
+            return there
+        where, now = self.disk.keep_copy(path, there)
+        if now is None or now.fingerprint is None:
+            return None
+        self._kept_in_way[path] = now.fingerprint
+        self._notice(
+            "kept",
+            path,
+            "protected by .secure and made here without the secure key (not synced):"
+            f" this node's file is kept as {where}, to make way for {what}",
+        )
+        return now
 
     def _holds(self, path: str, target: Record, there: Observation) -> bool:
         """The file at ``path`` already is ``target``'s content (checked block by block)."""

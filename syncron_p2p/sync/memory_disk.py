@@ -68,7 +68,6 @@ class MemoryDisk:
         self._clock = 0
         self.writes_outside: list[str] = []  # for invariant checks; must stay empty
         self.kept: list[tuple[str, bytes]] = []  # (path, content) given to keep_copy
-        self.kept_named: dict[str, bytes] = {}  # ... with a suffix: name -> content
         self.temp_syncs = 0  # sync_temps calls (one per install batch)
         self.synced_temps = 0  # temps they covered
         self.flushes = Flushes()  # (held: a slow disk, for tests)
@@ -322,18 +321,12 @@ class MemoryDisk:
             self.entries[dst + p[len(src) :]] = self.entries.pop(p)
         return self.observe(dst)  # type: ignore[return-value]
 
-    def keep_copy(
-        self, path: str, expect: Observation | None, suffix: str | None = None
-    ) -> tuple[str, Observation | None]:
+    def keep_copy(self, path: str, expect: Observation | None) -> tuple[str, Observation | None]:
         self._guard(path)
         self._check(path, expect)
         entry = self.entries.get(path)
         if entry is None or entry.type != EntryType.FILE:
             raise LocalChanged(f"{path} is not a file")
-        if suffix is not None:  # (one per path and suffix: the latest)
-            name = f"{KEPT_PREFIX}{path.replace('%', '%25').replace('/', '%')}.{suffix}"
-            self.kept_named[name] = entry.data
-            return name, self.observe(path)
         self.kept.append((path, entry.data))
         return f"{KEPT_PREFIX}{len(self.kept)}", self.observe(path)
 

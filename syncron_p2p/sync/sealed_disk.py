@@ -303,11 +303,9 @@ class SealedDisk:
         self._forget_cached(src)
         return self.inner.move(src, dst, expect)
 
-    def keep_copy(
-        self, path: str, expect: Observation | None, suffix: str | None = None
-    ) -> tuple[str, Observation | None]:
+    def keep_copy(self, path: str, expect: Observation | None) -> tuple[str, Observation | None]:
         self._forget_cached(path)
-        return self.inner.keep_copy(path, expect, suffix)
+        return self.inner.keep_copy(path, expect)
 
     def sync_temps(self, keys: Sequence[str]) -> None:
         # A sealed temp is opened into a plain temp at install time, which
