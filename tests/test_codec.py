@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import tracemalloc
+from collections.abc import Callable
 
 import msgpack
 import pytest
@@ -17,6 +19,7 @@ from syncron_p2p.protocol.messages import (
     BlockData,
     BlockMissing,
     BlockRequest,
+    Collected,
     Goodbye,
     Hello,
     Message,
@@ -249,3 +252,52 @@ def test_optional_inline_fields_are_absent_unless_set() -> None:
         body = msgpack.unpackb(codec.encode(msg)[codec.HEADER :])
         assert len(body) == 1 + fields
         assert codec.decode_body(codec.encode(msg)[codec.HEADER :]) == msg
+
+
+def _traced_peak(fn: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(RemoteProtocolError):
+            fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_frame_of_empty_arrays_is_refused_before_it_takes_much_memory() -> None:
+    # 127 arrays of 65,535 empty arrays: 8 MiB on the wire, ~600 MB once
+    # decoded if nothing stops it (one byte each on the wire, ~70 in memory).
+    inner = b"\xdc\xff\xff" + b"\x90" * 65535
+    body = b"\xdc\x00\x7f" + inner * 127
+    assert len(body) <= codec.MAX_FRAME
+    with pytest.raises(RemoteProtocolError, match="too many arrays"):
+        codec.decode_body(body)
+    assert _traced_peak(lambda: codec.decode_body(body)) < 64 * 2**20
+
+
+def test_an_array_longer_than_any_valid_list_is_refused_before_it_is_allocated() -> None:
+    n = codec.MAX_FRAME - 10
+    body = b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
+    with pytest.raises(RemoteProtocolError):
+        codec.decode_body(body)
+    assert _traced_peak(lambda: codec.decode_body(body)) < 2**20
+
+
+def _actor(i: int) -> str:
+    return f"N{i:04d}X-XXXXX-XXXXX-XXXXX-XXXXX.{i}"  # NODE_ID.EPOCH: 31+ characters
+
+
+def test_the_densest_valid_frames_still_decode() -> None:
+    # Everything valid that packs arrays tightest stays inside the budget.
+    wide = VersionVector(tuple((_actor(i), 1) for i in range(codec.MAX_VECTOR)))
+    rec = Record(
+        path="p", type=EntryType.DIRECTORY, size=0, mode=0o755, content_hash=bytes(32), version=wide
+    )
+    page = Records(1, tuple(rec for _ in range(50)), True)
+    bare = NodeReply(2, tuple(NodeChildren(3, None, None, False, ()) for _ in range(1024)))
+    one = VersionVector(((_actor(1), 1),))
+    collected = Collected(tuple((f"t{i}", one) for i in range(4096)))
+    for msg in (page, bare, collected):
+        frame = codec.encode(msg)
+        assert codec.decode_body(frame[codec.HEADER :]) == msg
+    assert len(codec.encode(page)) > 7 * 2**20  # near the frame limit: ~205,000 arrays

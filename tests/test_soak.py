@@ -156,7 +156,8 @@ async def _play(seed: int, base: Path, ops: int) -> None:
         foreign = [
             p for p, (kind, v) in final[0].items() if kind.startswith("file") and v not in written
         ]
-        assert not foreign, f"content nobody wrote at {foreign}"
+        shown = {p: (mesh.folders[0] / p).read_bytes()[:80] for p in foreign}
+        assert not foreign, f"content nobody wrote: {shown}"
         for i in range(3):
             await mesh.stop(i)
 

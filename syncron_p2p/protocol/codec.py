@@ -417,8 +417,33 @@ _DECODERS: dict[int, tuple[tuple[int, ...], Callable[[list[Any]], Message]]] = {
 }
 
 
+# Arrays a frame may hold: one per LIST_BYTES bytes of it, plus LIST_SLACK.
+# Every array of a valid message beyond a few thousand brings at least that
+# many bytes of its own (a version entry ~34, a record with its vector and
+# inline item ~25 per array, a node summary ~37); the slack covers the rest
+# (a NodeReply of 1,024 nodes without children, a Collected of 4,096 entries
+# with empty vectors, the message itself). Without a budget an 8 MiB frame of
+# empty arrays (one byte each) decoded into ~600 MB before any field was
+# checked; with it, the decode stops at ~530,000 arrays (~40 MB).
+LIST_BYTES = 16
+LIST_SLACK = 16384
+
+
+class _TooManyArrays(Exception):
+    pass
+
+
 def decode_body(body: bytes | bytearray | memoryview) -> Message:
     """Decode one frame body (without its length header)."""
+    left = len(body) // LIST_BYTES + LIST_SLACK
+
+    def count(array: list[Any]) -> list[Any]:
+        nonlocal left
+        left -= 1
+        if left < 0:
+            raise _TooManyArrays
+        return array
+
     try:
         obj = msgpack.unpackb(
             body,
@@ -427,10 +452,13 @@ def decode_body(body: bytes | bytearray | memoryview) -> Message:
             strict_map_key=True,
             max_bin_len=MAX_FRAME,
             max_str_len=MAX_FRAME,
-            max_array_len=MAX_FRAME,
+            max_array_len=MAX_ITEMS,  # no valid list is longer (see _list's limits)
             max_map_len=0,
             max_ext_len=0,
+            list_hook=count,
         )
+    except _TooManyArrays:
+        raise _fail("too many arrays for the frame's size") from None
     except Exception as exc:  # msgpack raises many types on hostile input
         raise _fail(f"undecodable ({type(exc).__name__})") from None
     if type(obj) is not list or not obj:
