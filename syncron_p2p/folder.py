@@ -40,8 +40,10 @@ def keep_copy_of(
     """Copy the regular file ``source`` (what stands at ``rel``) into
     ``.syncron/damaged/``; where, relative to ``folder``. Raises ``OSError``.
 
-    Named ``<rel, / as %>.<n>`` (a hash of ``rel`` when that name would be
-    too long), a new ``n`` each time - or, with ``suffix``, ``<...>.<suffix>``,
+    Named ``<rel, % as %25 and / as %2F>.<n>`` (no two paths share a name:
+    with ``/`` as a bare ``%``, ``a%`` and ``a/25`` did, and the kept edit of
+    one replaced the other's), or a hash of ``rel`` when that name would be
+    too long; a new ``n`` each time - or, with ``suffix``, ``<...>.<suffix>``,
     replacing the previous copy of that name (one per path). ``same_as``:
     the (size, mtime_ns, inode) the file must still have, or nothing is kept
     (``OSError(ESTALE)``). Nothing is followed: not a symlink at ``source``
@@ -51,7 +53,7 @@ def keep_copy_of(
     """
     kept_dir = folder / STATE_DIR / DAMAGED_DIR
     kept_dir.mkdir(mode=0o700, exist_ok=True)
-    stem = rel.replace("%", "%25").replace("/", "%")
+    stem = rel.replace("%", "%25").replace("/", "%2F")
     if len(os.fsencode(stem)) > KEPT_NAME_MAX:
         ext = os.path.splitext(rel)[1]
         ext = ext if len(os.fsencode(ext)) <= 16 else ""

@@ -209,18 +209,18 @@ def test_keep_copy_keeps_the_bytes_and_the_file_can_still_be_replaced(tmp_path: 
         disk.temp_write(key, 0, fresh)
         disk.install_file("d/x", key, len(fresh), 0o644, now)
     assert mem.kept == [("d/x", content)]
-    assert (tmp_path / ".syncron" / "damaged" / "d%x.1").read_bytes() == content
+    assert (tmp_path / ".syncron" / "damaged" / "d%2Fx.1").read_bytes() == content
     assert (tmp_path / "d" / "x").read_bytes() == mem.read("d/x") == fresh
     # A second keep of the same path does not overwrite the first.
     where, _ = real.keep_copy("d/x", real.observe("d/x"))
-    assert where == ".syncron/damaged/d%x.2"
-    assert (tmp_path / ".syncron" / "damaged" / "d%x.1").read_bytes() == content
+    assert where == ".syncron/damaged/d%2Fx.2"
+    assert (tmp_path / ".syncron" / "damaged" / "d%2Fx.1").read_bytes() == content
     # An edit since the observation: nothing is kept, the edit stands.
     stale = real.observe("d/x")
     (tmp_path / "d" / "x").write_bytes(b"a user's edit")
     with pytest.raises(LocalChanged):
         real.keep_copy("d/x", stale)
-    assert not (tmp_path / ".syncron" / "damaged" / "d%x.3").exists()
+    assert not (tmp_path / ".syncron" / "damaged" / "d%2Fx.3").exists()
 
 
 def test_keep_copy_of_a_file_with_a_long_path(tmp_path: Path) -> None:

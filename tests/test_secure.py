@@ -618,6 +618,22 @@ def test_a_keyless_edit_that_cannot_be_kept_is_not_replaced(
     assert (keyless.folder / "notes.txt").read_bytes() != b"the keyless user's edit\n"
 
 
+def test_kept_copies_of_different_paths_never_share_a_name(tmp_path: Path) -> None:
+    from syncron_p2p.folder import keep_copy_of, state_dir
+
+    folder = tmp_path / "f"
+    (folder / "keys" / "a").mkdir(parents=True)
+    state_dir(folder)
+    paths = ["keys/a%", "keys/a/25", "keys/a%2F", "keys%2Fa%25", "keys/a/%"]
+    for rel in paths:
+        (folder / rel).write_bytes(f"edit of {rel}".encode())
+    for rel in paths:  # the latest edit of each path, one copy per path
+        keep_copy_of(folder, rel, str(folder / rel), suffix="unsynced")
+    kept = {p.name: p.read_bytes() for p in (folder / ".syncron" / "damaged").iterdir()}
+    assert sorted(kept.values()) == sorted(f"edit of {rel}".encode() for rel in paths)
+    assert kept["keys%2Fa%25.unsynced"] == b"edit of keys/a%"
+
+
 def test_kept_copies_follow_no_symlink_and_keep_only_what_was_seen(tmp_path: Path) -> None:
     import errno
 
@@ -816,7 +832,7 @@ def test_a_keyless_users_file_where_the_mesh_needs_a_directory_is_kept_and_gives
     assert rec is not None and rec.sealed
     sealed = (keyless.folder / "keys" / "sub" / "x").read_bytes()
     assert open_bytes(SealKeys.derive(KEY), sealed, rec.blocks) == theirs
-    assert [c.name for c in _damaged(keyless)] == ["keys%sub.1"]
+    assert [c.name for c in _damaged(keyless)] == ["keys%2Fsub.1"]
     assert _damaged(keyless)[0].read_bytes() == b"the keyless user's file"
     assert [n for n in keyless.notices if n.kind == "kept" and n.path == "keys/sub"]
 

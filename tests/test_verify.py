@@ -176,7 +176,7 @@ async def test_a_running_node_restores_damaged_files_from_its_peer(tmp_path: Pat
         # Only the bad block travelled; the damage was never published, and
         # the bytes it replaced are kept where nothing syncs them.
         assert b.engine.stats["blocks_remote"] == 1
-        kept = mb.folder / ".syncron" / "damaged" / "photos%big.jpg.1"
+        kept = mb.folder / ".syncron" / "damaged" / "photos%2Fbig.jpg.1"
         assert kept.read_bytes() == damaged
         after = a.index.get("photos/big.jpg")
         assert before is not None and after is not None and after.version == before.version
