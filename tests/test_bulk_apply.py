@@ -12,7 +12,7 @@ import blake3
 import pytest
 from meshnet import MeshNet
 
-from syncron_p2p.index.records import Record
+from syncron_p2p.index.records import Block, EntryType, Record
 from syncron_p2p.index.versions import VersionVector
 from syncron_p2p.node.disk import RealDisk
 from syncron_p2p.protocol import codec
@@ -837,6 +837,46 @@ def test_a_flush_failing_beside_the_engine_installs_nothing_and_is_retried() -> 
     assert net.files(1) == net.files(0)
 
 
+def test_the_temps_of_a_batch_whose_flush_failed_are_written_again_not_trusted() -> None:
+    # After a failed flush the page cache may still hold a temp's bytes while
+    # the disk never got them: read back, they verify, and flushing again
+    # writes nothing (the kernel reports a writeback error once). Trusting
+    # such a temp on the retry would install a file whose data is not on
+    # disk. Its temps are discarded and their content fetched again.
+    net = MeshNet(2, seed=23)
+    _fill(net, 40)
+    receiver = net.node(1)
+    receiver.disk.flushes.held = True
+    net.connect_all()
+    while not receiver.engine.flushing():
+        assert net.step()
+    _, batch = receiver.engine._flushing[0]
+    keys = {job.key for job in batch if job.target.type == EntryType.FILE}
+    assert keys and keys <= set(receiver.disk.temps)
+    real = receiver.disk.sync_temps
+
+    def failing(keys: object) -> None:
+        raise DiskFailure("cannot flush fetched files to disk: Input/output error")
+
+    receiver.disk.sync_temps = failing  # type: ignore[method-assign]
+    net.finish_flushes(receiver.name)
+    assert not keys & set(receiver.disk.temps)  # not trusted: gone
+    receiver.disk.sync_temps = real  # type: ignore[method-assign]
+    receiver.disk.flushes.held = False
+    written: list[str] = []
+    temp_write = receiver.disk.temp_write
+
+    def writing(key: str, offset: int, data: bytes) -> None:
+        written.append(key)
+        temp_write(key, offset, data)
+
+    receiver.disk.temp_write = writing  # type: ignore[method-assign]
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)
+    assert keys <= set(written)  # their content came again
+
+
 def test_real_disk_flushes_beside_the_caller_and_never_vouches_for_a_later_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -962,3 +1002,91 @@ def test_a_file_superseded_by_the_same_content_while_it_flushes_is_not_fetched_a
     assert stored is not None and stored.version == newer.version
     assert receiver.disk.entries["big.bin"].data == data
     assert receiver.engine.stats["blocks_remote"] == fetched
+
+
+def test_real_disk_vouches_for_no_temp_written_before_a_failed_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # syncfs writes back every dirty page of the file system: when it fails,
+    # any temp written so far may have lost bytes, whichever batch it is in.
+    # The kernel says so once; a later flush succeeds and must not vouch.
+    from syncron_p2p.node import disk as disk_module
+
+    disk = RealDisk(tmp_path)
+    failing = {"left": 1}
+
+    def syncfs(where: object) -> None:
+        if failing["left"]:
+            failing["left"] -= 1
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(disk_module, "_syncfs", syncfs)
+    monkeypatch.setattr(disk_module, "_SYNCFS", object())
+    keys = [blake3.blake3(f"h{i}".encode()).hexdigest() for i in range(6)]
+    for key in keys[:4]:
+        disk.temp_write(key, 0, b"hh")
+    ticket = disk.begin_sync_temps(keys[:2])
+    disk.wait_flushes()
+    with pytest.raises(DiskFailure, match="Input/output error"):
+        disk.temps_synced(ticket)
+    for key in keys[4:]:
+        disk.temp_write(key, 0, b"hh")  # written after the failure
+    later = disk.begin_sync_temps(keys[2:])  # (this flush goes well)
+    disk.wait_flushes()
+    with pytest.raises(DiskFailure, match="before a failed flush"):
+        disk.temps_synced(later)
+    # Installed one by one, the same: refused and removed, to be fetched again.
+    with pytest.raises(DiskFailure, match="before a failed flush"):
+        disk.install_file("c.txt", keys[2], 2, 0o644, None)
+    assert not (tmp_path / "c.txt").exists()
+    assert disk.temp_present(keys[2], [Block(0, 2, blake3.blake3(b"hh").digest())]) == set()
+    fresh = disk.begin_sync_temps(keys[4:])
+    disk.wait_flushes()
+    assert disk.temps_synced(fresh)  # written after it: trusted
+    disk.install_file("e.txt", keys[4], 2, 0o644, None)
+    assert (tmp_path / "e.txt").read_bytes() == b"hh"
+    disk.close()
+
+
+def test_real_disk_removes_a_temp_whose_own_flush_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = RealDisk(tmp_path)
+    key = blake3.blake3(b"x").hexdigest()
+    disk.temp_write(key, 0, b"abc")
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(DiskFailure, match="Input/output error"):
+        disk.install_file("x.txt", key, 3, 0o644, None)
+    assert not (tmp_path / "x.txt").exists()
+    assert disk.temp_read(key, 0, 3) is None  # not flushed again later: fetched again
+    disk.close()
+
+
+def test_real_disk_flushes_through_one_descriptor_opened_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel reports a writeback error to each open file once, counted
+    # from its opening: a descriptor opened per flush would miss an error
+    # that another process's flush (or an earlier one of ours) saw first.
+    from syncron_p2p.node import disk as disk_module
+
+    used: list[int] = []
+    monkeypatch.setattr(disk_module, "_SYNCFS", lambda fd: used.append(fd) or 0)
+    disk = RealDisk(tmp_path)
+    for round_ in range(2):
+        keys = [blake3.blake3(f"{round_}-{i}".encode()).hexdigest() for i in range(2)]
+        for key in keys:
+            disk.temp_write(key, 0, b"zz")
+        disk.sync_temps(keys)
+        for i, key in enumerate(keys):
+            disk.install_file(f"d{i}/f{round_}.txt", key, 2, 0o644, None)
+        disk.sync_installed()
+    assert len(used) == 4 and len(set(used)) == 1  # temps and folder: one file system
+    os.fstat(used[0])  # still open between flushes
+    disk.close()
+    with pytest.raises(OSError):
+        os.fstat(used[0])

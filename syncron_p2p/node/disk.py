@@ -82,6 +82,19 @@ class RealDisk:
         # written to it after that flush began (_writes, _last_write).
         self._writes = 0
         self._last_write: dict[str, int] = {}
+        # After a failed flush no temp written before it is trusted: the page
+        # cache may still hold its bytes (they read back and verify) while the
+        # disk does not, and flushing again writes nothing - the kernel
+        # reports a writeback error once. Temps first written at or before
+        # _poison (a _writes count) are refused, so their content is fetched
+        # again (temps_synced, _prepare_temp).
+        self._first_write: dict[str, int] = {}
+        self._poison = 0
+        # One descriptor for every syncfs of the folder's file system: the
+        # kernel reports a writeback error to each open file once, from when
+        # it was opened - a new descriptor per flush would miss an error
+        # another process's flush saw first.
+        self._sync_fds: dict[str, int] = {}
         self._flush_jobs: queue.SimpleQueue[tuple[int, list[str]] | None] = queue.SimpleQueue()
         self._flusher: threading.Thread | None = None
         self._flush_lock = threading.Condition()
@@ -174,6 +187,8 @@ class RealDisk:
         self._synced.discard(key)
         self._writes += 1
         self._last_write[key] = self._writes
+        if key not in self._first_write:
+            self._first_write[key] = self._writes
         if offset == self._written.get(key, 0):
             self._written[key] = offset + len(data)
         else:
@@ -214,6 +229,7 @@ class RealDisk:
         self._synced.discard(key)
         self._written.pop(key, None)
         self._last_write.pop(key, None)
+        self._first_write.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp(key))
 
@@ -242,6 +258,7 @@ class RealDisk:
             self._synced.discard(key)
             self._written.pop(key, None)
             self._last_write.pop(key, None)
+            self._first_write.pop(key, None)
             removed += 1
         return removed
 
@@ -287,6 +304,7 @@ class RealDisk:
             self._synced.discard(key)
             self._written.pop(key, None)
             self._last_write.pop(key, None)
+            self._first_write.pop(key, None)
         except OSError as exc:
             raise DiskFailure(f"cannot install {path}: {exc.strerror}") from None
         return self._observed(path, target)
@@ -294,7 +312,14 @@ class RealDisk:
     def _prepare_temp(self, key: str, temp: str, size: int, mode: int) -> None:
         """Give temp ``key`` its mode and make it durable; refuse one that is
         not ``size`` bytes long (never pad it: padding installed zeros, and
-        recorded them as the file's content, when the temp had gone)."""
+        recorded them as the file's content, when the temp had gone).
+
+        A temp a failed flush may have lost (see ``_poison``), or whose own
+        flush fails here, is removed: its content is fetched again, never
+        flushed a second time (which would vouch for bytes the disk lacks)."""
+        if self._suspect(key):
+            self.temp_discard(key)
+            raise DiskFailure(f"temp {key[:16]} was written before a failed flush; fetching again")
         try:
             fd = os.open(temp, os.O_RDWR | _O_NOFOLLOW)
         except FileNotFoundError:
@@ -310,9 +335,22 @@ class RealDisk:
             if stat.S_IMODE(st.st_mode) != mode & 0o777:
                 os.fchmod(fd, mode & 0o777)
             if key not in self._synced:
-                os.fsync(fd)
+                try:
+                    os.fsync(fd)
+                except OSError:
+                    self.temp_discard(key)
+                    raise
         finally:
             os.close(fd)
+
+    def _suspect(self, key: str) -> bool:
+        """Was temp ``key`` written before a flush failed (``_poison``)?"""
+        first = self._first_write.get(key)
+        return first is not None and first <= self._poison
+
+    def _poisoned(self) -> None:
+        """A flush failed: no temp written so far is trusted (``_poison``)."""
+        self._poison = self._writes
 
     def install_dir(self, path: str, expect: Observation | None) -> Observation:
         target = self._path(path)
@@ -381,14 +419,21 @@ class RealDisk:
         todo = [k for k in dict.fromkeys(keys) if k not in self._synced]
         if not todo:
             return
-        with _failing("cannot flush fetched files to disk"):
-            self._flush_temps([self._temp(k) for k in todo])
+        try:
+            with _failing("cannot flush fetched files to disk"):
+                self._flush_temps([self._temp(k) for k in todo])
+        except DiskFailure:
+            self._poisoned()
+            raise
+        bad = [k for k in todo if self._suspect(k)]
+        if bad:
+            raise DiskFailure(f"{len(bad)} temp(s) written before a failed flush; fetching again")
         self._synced.update(todo)
 
     def _flush_temps(self, temps: list[str]) -> None:
         if len(temps) > 1 and _SYNCFS is not None:
             # One flush of the filesystem instead of a journal commit per file.
-            _syncfs(self.tmp)
+            _syncfs(self._sync_fd(self.tmp))
             return
         for temp in temps:
             try:
@@ -427,6 +472,14 @@ class RealDisk:
         todo, began = self._flush_begun.pop(ticket)
         if failure is not None:
             raise DiskFailure(failure)
+        bad = [k for k in todo if self._suspect(k)]
+        if bad:
+            # (This flush went well, but these temps were written before one
+            # that failed: what they hold may never have reached the disk.)
+            raise DiskFailure(
+                f"cannot vouch for {len(bad)} fetched file(s) written before a failed flush;"
+                " fetching again"
+            )
         # Durable: what was written before the flush began (a temp written
         # again since, by a later job of the same content, is not).
         self._synced.update(k for k in todo if self._last_write.get(k, 0) <= began)
@@ -440,6 +493,7 @@ class RealDisk:
             try:
                 self._flush_temps(temps)
             except Exception as exc:  # (whatever it is, the engine must hear of it)
+                self._poisoned()  # (read here, after the flush: a later count is safer)
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 failure = f"cannot flush fetched files to disk: {reason}"
             with self._flush_lock:
@@ -464,15 +518,38 @@ class RealDisk:
             self._flush_jobs.put(None)
             self._flusher.join()
             self._flusher = None
+        fds, self._sync_fds = self._sync_fds, {}
+        for fd in set(fds.values()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _sync_fd(self, where: Path) -> int:
+        """The descriptor ``syncfs`` flushes ``where``'s file system through
+        (opened once: see ``_sync_fds``)."""
+        key = str(where)
+        fd = self._sync_fds.get(key)
+        if fd is None:
+            fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+            for other in self._sync_fds.values():  # (one per file system)
+                if os.fstat(other).st_dev == os.fstat(fd).st_dev:
+                    os.close(fd)
+                    fd = other
+                    break
+            self._sync_fds[key] = fd
+        return fd
 
     def sync_installed(self) -> None:
         dirty, self._dirty = self._dirty, set()
         if not dirty:
             return
-        with _failing("cannot flush the folder to disk"):
-            if len(dirty) > 1 and _SYNCFS is not None:
-                _syncfs(self.root)
-                return
+        try:
+            with _failing("cannot flush the folder to disk"):
+                if len(dirty) > 1 and _SYNCFS is not None:
+                    _syncfs(self._sync_fd(self.root))
+                    return
+        except DiskFailure:
+            self._poisoned()  # (it flushed every temp's pending writes too)
+            raise
         for d in dirty:
             _fsync_dir(d)
 
@@ -649,15 +726,17 @@ _SYNC_FILE_RANGE_WRITE = 2
 WRITEBACK_MIN = 64 * 1024  # smaller temps: one flush per batch is cheaper than a call each
 
 
-def _syncfs(path: Path | str) -> None:
+def _syncfs(where: Path | str | int) -> None:
+    """Flush the file system of ``where`` (a path, or an open descriptor)."""
     assert _SYNCFS is not None
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = where if isinstance(where, int) else os.open(where, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if _SYNCFS(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
     finally:
-        os.close(fd)
+        if fd is not where:
+            os.close(fd)
 
 
 def _umask() -> int:

@@ -1179,9 +1179,16 @@ class Engine:
             for job in batch:
                 del self.jobs[job.target.path]
             if failure is not None:
-                # Nothing is installed that is not durable. The temps stay
-                # (what they hold is found again on the retry).
+                # Nothing is installed that is not durable, and the temps are
+                # not trusted again: after a failed writeback the page cache
+                # can still hold their bytes (read back, they verify) while
+                # the disk does not, and a second flush writes nothing - the
+                # kernel reports such an error once. Their content is fetched
+                # again (one owner per temp: the batch's jobs are done).
                 self._notice("error", "", f"{failure}; {len(batch)} file(s) tried again later")
+                for job in batch:
+                    if job.target.type == EntryType.FILE:
+                        self.disk.temp_discard(job.key)
                 for job in batch:
                     self.retry[job.remote.path] = (
                         self._now + 30 * self.timing.retry_delay,
