@@ -784,3 +784,24 @@ def test_a_message_past_the_frame_limit_closes_its_connection_not_the_node(
         assert out[1][0] is small and out[1][1] == codec.encode(Ping(7))
     finally:
         node.index.close()
+
+
+async def test_files_a_gitignore_no_longer_hides_reach_the_peer_at_once(tmp_path: Path) -> None:
+    # A pattern removed from a .gitignore (here, or on the peer) lets files
+    # through that may sit anywhere below it, in directories already known:
+    # the node finds them then, not at its next full scan (minutes later).
+    ma, mb = _pair(tmp_path)
+    for m in (ma, mb):
+        (m.folder / "logs" / "deep").mkdir(parents=True)
+        (m.folder / "logs" / ".gitignore").write_text("*.log\n")
+    (ma.folder / "logs" / "deep" / "a.log").write_text("from a")
+    (mb.folder / "logs" / "deep" / "b.log").write_text("from b")
+    async with trio.open_nursery() as nursery:
+        a, b = await _start_pair(nursery, ma, mb)
+        await until(lambda: a.index.merkle.root() == b.index.merkle.root(), 20)
+        assert b.index.get("logs/deep/b.log") is None  # ignored on both
+        assert not (mb.folder / "logs" / "deep" / "a.log").exists()
+        (ma.folder / "logs" / ".gitignore").write_text("*.tmp\n")  # edited on a
+        await until(lambda: (mb.folder / "logs" / "deep" / "a.log").exists(), 10)
+        await until(lambda: (ma.folder / "logs" / "deep" / "b.log").exists(), 10)
+        nursery.cancel_scope.cancel()

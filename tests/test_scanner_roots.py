@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.scanner import Scanner, full_scan_steps, still_directories
 
@@ -141,3 +143,33 @@ def test_a_scan_asked_for_a_frozen_ignored_directory_does_not_walk_the_tree(
         step = Scanner(f, index).scan(["node_modules/pkg"], recursive=True)
         assert step.directories <= 30  # the root's own entries, not all 120
         assert "node_modules/pkg/index.js" in live(index)  # (frozen, untouched)
+
+
+@pytest.mark.parametrize("how", ["edited", "deleted"])
+def test_files_a_changed_gitignore_lets_through_are_found_by_the_scan_of_its_directory(
+    tmp_path: Path, how: str
+) -> None:
+    # A watcher reports only the directory whose .gitignore changed, and its
+    # scan looks at that directory's own entries. What the old rules hid may
+    # be anywhere below it, in directories already known: found at once, not
+    # at the next full scan ten minutes later.
+    f = _folder(tmp_path)
+    (f / "docs" / "deep").mkdir(parents=True)
+    (f / "docs" / ".gitignore").write_text("*.log\n")
+    (f / "docs" / "deep" / "build.log").write_text("kept")
+    (f / "docs" / "deep" / "notes.txt").write_text("notes")
+    (f / "other").mkdir()
+    (f / "other" / "x.log").write_text("x")
+    with Index.open(f, NODE) as index:
+        Scanner(f, index).scan()
+        assert "docs/deep/build.log" not in live(index)
+        if how == "edited":
+            (f / "docs" / ".gitignore").write_text("*.tmp\n")
+        else:
+            (f / "docs" / ".gitignore").unlink()
+        Scanner(f, index).scan(["docs"], recursive=False)
+        assert "docs/deep/build.log" in live(index)
+        # Unchanged rules: a directory's own entries only, as before.
+        (f / "docs" / "deep" / "late.txt").write_text("late")
+        Scanner(f, index).scan(["docs"], recursive=False)
+        assert "docs/deep/late.txt" not in live(index)

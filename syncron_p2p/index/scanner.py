@@ -394,10 +394,43 @@ class Scanner:
         stack: list[tuple[str, IgnoreRules, bool]] = [(top, top_rules, recursive)]
         while stack:
             directory, rules, full = stack.pop()
+            if not full and self._ignore_file_changed(directory, rules):
+                # What the old rules hid may be anywhere below, in directories
+                # already known (their own listings unchanged): walk them all.
+                full = True
             subdirs = self._scan_dir(directory, rules)
             for sub in reversed(subdirs):
                 if full or sub in self._new_dirs:
                     stack.append((sub, rules.child(sub, self._read_gitignore(sub)), True))
+
+    def _ignore_file_changed(self, directory: str, rules: IgnoreRules) -> bool:
+        """Is ``directory``'s ``.gitignore`` not what the index recorded
+        (made, edited or deleted since)? Asked before its directory is
+        compared, which records the change. (A ``.gitignore`` that its own
+        rules ignore has no record to tell: left to the full scans.)"""
+        rel = f"{directory}/{GITIGNORE}" if directory else GITIGNORE
+        try:
+            st: os.stat_result | None = os.lstat(os.path.join(self.folder, rel))
+        except OSError:
+            st = None
+        if st is not None and not S_ISREG(st.st_mode):
+            st = None  # (only a regular file is read for rules)
+        if st is not None and rules.is_ignored(rel, False):
+            return False
+        old = self.index.get(rel)
+        if old is None or old.deleted or old.type != EntryType.FILE:
+            return st is not None
+        fp = old.fingerprint
+        return (
+            st is None
+            or fp is None
+            or (fp.size, fp.mtime_ns, fp.inode)
+            != (
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+            )
+        )
 
     def _scan_dir(self, directory: str, rules: IgnoreRules) -> list[str]:
         abs_dir = os.path.join(self.folder, directory) if directory else str(self.folder)

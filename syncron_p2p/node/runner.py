@@ -52,6 +52,7 @@ from syncron_p2p.ids import node_id as node_id_of
 from syncron_p2p.index.db import Index
 from syncron_p2p.index.records import Record
 from syncron_p2p.index.scanner import (
+    GITIGNORE,
     Scanner,
     ScanResult,
     full_scan_steps,
@@ -174,6 +175,7 @@ class Node:
         self.last_scan: float | None = None
         self._hot: dict[str, float] = {}
         self._dirty: set[str] = set()
+        self._dirty_deep: set[str] = set()  # directories to rescan in full
         self._dirty_all = False
         self._dirty_event = trio.Event()
         self._rebrowse = trio.Event()
@@ -392,6 +394,11 @@ class Node:
             log.info("repaired %s", what)
         elif kind == "applied" and path:
             self._log_applied(what)
+            head, _, name = path.rpartition("/")
+            if name == GITIGNORE:
+                # New rules from a peer: what they no longer ignore here (our
+                # own files, never synced while ignored) may be anywhere below.
+                self._mark_dirty([head], deep=True)
         else:
             log.debug("%s: %s", kind, what)
 
@@ -411,9 +418,13 @@ class Node:
 
     # ================================================================= scans
 
-    def _mark_dirty(self, directories: list[str] | None) -> None:
+    def _mark_dirty(self, directories: list[str] | None, *, deep: bool = False) -> None:
+        """Rescan these directories' own entries (``deep``: everything below
+        them too), or everything (None)."""
         if directories is None:
             self._dirty_all = True
+        elif deep:
+            self._dirty_deep.update(directories)
         else:
             self._dirty.update(directories)
         self._dirty_event.set()
@@ -530,9 +541,15 @@ class Node:
         while True:
             await self._dirty_event.wait()
             self._dirty_event = trio.Event()
-            full, dirs = self._dirty_all, sorted(self._dirty)
-            self._dirty_all, self._dirty = False, set()
-            await self.scan(None if full else dirs)
+            full, dirs, deep = self._dirty_all, sorted(self._dirty), sorted(self._dirty_deep)
+            self._dirty_all, self._dirty, self._dirty_deep = False, set(), set()
+            if full:
+                await self.scan(None)
+                continue
+            if deep:
+                await self.scan(deep, recursive=True)
+            if dirs:
+                await self.scan(dirs)
 
     def _scan_interval(self) -> float:
         if self.config.scan_interval is not None:
