@@ -1090,3 +1090,121 @@ def test_real_disk_flushes_through_one_descriptor_opened_once(
     disk.close()
     with pytest.raises(OSError):
         os.fstat(used[0])
+
+
+def test_real_disk_trusts_no_temp_of_an_earlier_run_after_a_failed_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A temp left by an earlier run (a resumed download) was written before
+    # anything of this one: a flush failing now may be its loss.
+    from syncron_p2p.node import disk as disk_module
+
+    old, new = (blake3.blake3(x).hexdigest() for x in (b"old", b"new"))
+    first = RealDisk(tmp_path)
+    first.temp_write(old, 0, b"old")
+    first.close()
+    disk = RealDisk(tmp_path)
+
+    def broken(where: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(disk_module, "_syncfs", broken)
+    monkeypatch.setattr(disk_module, "_SYNCFS", object())
+    disk.temp_write(new, 0, b"new")
+    with pytest.raises(DiskFailure, match="Input/output error"):
+        disk.sync_temps([old, new])
+    monkeypatch.undo()
+    disk.temp_write(old, 3, b"!")  # resumed after the failure: still suspect
+    with pytest.raises(DiskFailure, match="before a failed flush"):
+        disk.install_file("old.txt", old, 4, 0o644, None)
+    assert not (tmp_path / "old.txt").exists()
+    disk.close()
+
+
+def test_a_run_after_a_failed_flush_trusts_no_temp_it_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel reports a writeback error once: a run that starts after
+    # the one that saw it cannot know. The failure is noted on disk.
+    key = blake3.blake3(b"data").hexdigest()
+    disk = RealDisk(tmp_path)
+    disk.temp_write(key, 0, b"data")
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    other = blake3.blake3(b"other").hexdigest()
+    disk.temp_write(other, 0, b"other")
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(DiskFailure):
+        disk.install_file("other.txt", other, 5, 0o644, None)
+    monkeypatch.undo()
+    disk.close()  # (stopped before it could fetch anything again)
+    assert disk.temp_read(key, 0, 4) == b"data"
+    again = RealDisk(tmp_path)
+    assert again.temp_read(key, 0, 4) is None  # removed: fetched again
+    assert not list((tmp_path / ".syncron" / "tmp").iterdir())
+    again.temp_write(key, 0, b"data")  # and the next run trusts its own writes
+    again.sync_temps([key])
+    again.install_file("data.txt", key, 4, 0o644, None)
+    assert (tmp_path / "data.txt").read_bytes() == b"data"
+    again.close()
+
+
+def test_real_disk_a_temps_own_failed_flush_distrusts_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = RealDisk(tmp_path)
+    a, b = (blake3.blake3(x).hexdigest() for x in (b"a", b"b"))
+    disk.temp_write(a, 0, b"a")
+    disk.temp_write(b, 0, b"b")
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(DiskFailure):
+        disk.install_file("a.txt", a, 1, 0o644, None)
+    monkeypatch.setattr(os, "fsync", real)
+    with pytest.raises(DiskFailure, match="before a failed flush"):
+        disk.install_file("b.txt", b, 1, 0o644, None)
+    disk.close()
+
+
+def test_real_disk_reports_a_directory_it_cannot_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = RealDisk(tmp_path)
+    key = blake3.blake3(b"q").hexdigest()
+    disk.temp_write(key, 0, b"q")
+    disk.sync_temps([key])
+    (tmp_path / "one").mkdir()
+    disk.install_file("one/q.txt", key, 1, 0o644, None)  # one directory changed
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(DiskFailure, match="cannot flush the folder"):
+        disk.sync_installed()
+    disk.close()
+
+
+def test_a_disk_gone_read_only_after_a_failed_flush_does_not_stop_the_engine() -> None:
+    net = MeshNet(2, seed=23)
+    _fill(net, 40)
+    receiver = net.node(1)
+    receiver.disk.flushes.held = True
+    net.connect_all()
+    while not receiver.engine.flushing():
+        assert net.step()
+    real_sync, real_discard = receiver.disk.sync_temps, receiver.disk.temp_discard
+
+    def failing(keys: object) -> None:
+        raise DiskFailure("cannot flush fetched files to disk: Input/output error")
+
+    def read_only(key: str) -> None:
+        raise DiskFailure("cannot remove temp file: Read-only file system")
+
+    receiver.disk.sync_temps = failing  # type: ignore[method-assign]
+    receiver.disk.temp_discard = read_only  # type: ignore[method-assign]
+    net.finish_flushes(receiver.name)  # (nothing escapes the engine)
+    receiver.disk.sync_temps = real_sync  # type: ignore[method-assign]
+    receiver.disk.temp_discard = real_discard  # type: ignore[method-assign]
+    receiver.disk.flushes.held = False
+    net.run()
+    assert net.converged()
+    assert net.files(1) == net.files(0)

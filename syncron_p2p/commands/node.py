@@ -438,9 +438,13 @@ def revert_offline(root: Path) -> list[str]:
     from syncron_p2p.sync.engine import Engine
 
     mesh = Mesh.load(root)
-    with Index.open(root, mesh.node_id) as index:
-        engine = Engine(index, RealDisk(root), mesh.node_id, role=Role(mesh.role))
-        reverted, _ = engine.revert_local(0.0)
+    disk = RealDisk(root)
+    try:
+        with Index.open(root, mesh.node_id) as index:
+            engine = Engine(index, disk, mesh.node_id, role=Role(mesh.role))
+            reverted, _ = engine.revert_local(0.0)
+    finally:
+        disk.close()
     return reverted
 
 

@@ -52,6 +52,7 @@ PENDING_WAIT = 0.25  # seconds an event waits for a change in progress to be not
 # A temp nobody has written for this long is dropped (Node: at each full scan).
 # Until then an interrupted transfer resumes from it, after a restart too.
 TEMP_MAX_AGE = 7 * 24 * 3600.0
+POISONED = ".poisoned"  # in the temp directory: a flush failed (see RealDisk._poison)
 
 
 class RealDisk:
@@ -88,13 +89,23 @@ class RealDisk:
         # reports a writeback error once. Temps first written at or before
         # _poison (a _writes count) are refused, so their content is fetched
         # again (temps_synced, _prepare_temp).
+        # Temps left by an earlier run count as written before anything of
+        # this one (0): a failure now may be theirs. A failure is also noted
+        # on disk (POISONED): the next run, which cannot know what this one
+        # saw (the kernel tells once), trusts no temp left then.
         self._first_write: dict[str, int] = {}
         self._poison = 0
-        # One descriptor for every syncfs of the folder's file system: the
-        # kernel reports a writeback error to each open file once, from when
-        # it was opened - a new descriptor per flush would miss an error
-        # another process's flush saw first.
+        self._poison_lock = threading.Lock()
+        self._adopt_temps()
+        # One descriptor for every syncfs of the folder's file system, opened
+        # now: the kernel reports a writeback error to each open file once,
+        # counted from its opening - a descriptor opened per flush would miss
+        # an error another process's flush saw first.
         self._sync_fds: dict[str, int] = {}
+        self._sync_fd_lock = threading.Lock()
+        with contextlib.suppress(OSError):
+            self._sync_fd(self.tmp)
+            self._sync_fd(self.root)
         self._flush_jobs: queue.SimpleQueue[tuple[int, list[str]] | None] = queue.SimpleQueue()
         self._flusher: threading.Thread | None = None
         self._flush_lock = threading.Condition()
@@ -230,8 +241,12 @@ class RealDisk:
         self._written.pop(key, None)
         self._last_write.pop(key, None)
         self._first_write.pop(key, None)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self._temp(key))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # (a file system gone read-only after an I/O error)
+            raise DiskFailure(f"cannot remove temp file: {exc.strerror}") from None
 
     def sweep_temps(self, in_use: Collection[str], max_age: float = TEMP_MAX_AGE) -> int:
         """Remove temps not in ``in_use`` that nobody wrote for ``max_age``
@@ -318,7 +333,8 @@ class RealDisk:
         flush fails here, is removed: its content is fetched again, never
         flushed a second time (which would vouch for bytes the disk lacks)."""
         if self._suspect(key):
-            self.temp_discard(key)
+            with contextlib.suppress(DiskFailure):
+                self.temp_discard(key)
             raise DiskFailure(f"temp {key[:16]} was written before a failed flush; fetching again")
         try:
             fd = os.open(temp, os.O_RDWR | _O_NOFOLLOW)
@@ -338,7 +354,9 @@ class RealDisk:
                 try:
                     os.fsync(fd)
                 except OSError:
-                    self.temp_discard(key)
+                    self._poisoned()
+                    with contextlib.suppress(DiskFailure):
+                        self.temp_discard(key)
                     raise
         finally:
             os.close(fd)
@@ -349,8 +367,34 @@ class RealDisk:
         return first is not None and first <= self._poison
 
     def _poisoned(self) -> None:
-        """A flush failed: no temp written so far is trusted (``_poison``)."""
-        self._poison = self._writes
+        """A flush failed: no temp written so far is trusted (``_poison``),
+        now or by the next run (``POISONED``, best effort)."""
+        with self._poison_lock:  # (both threads: never lower it)
+            self._poison = max(self._poison, self._writes)
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.tmp / POISONED, os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o600))
+
+    def _adopt_temps(self) -> None:
+        """Temps an earlier run left: written before anything of ours (see
+        ``_first_write``), or, if that run saw a flush fail, removed."""
+        marker = self.tmp / POISONED
+        poisoned = marker.exists()
+        try:
+            entries = list(os.scandir(self.tmp))
+        except OSError:
+            return
+        for entry in entries:
+            key, dot, ext = entry.name.partition(".")
+            if ext != "part" or not dot or not _TEMP_KEY.fullmatch(key):
+                continue
+            if poisoned:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            else:
+                self._first_write[key] = 0
+        if poisoned:
+            with contextlib.suppress(OSError):
+                marker.unlink()
 
     def install_dir(self, path: str, expect: Observation | None) -> Observation:
         target = self._path(path)
@@ -528,14 +572,19 @@ class RealDisk:
         (opened once: see ``_sync_fds``)."""
         key = str(where)
         fd = self._sync_fds.get(key)
-        if fd is None:
-            fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
-            for other in self._sync_fds.values():  # (one per file system)
-                if os.fstat(other).st_dev == os.fstat(fd).st_dev:
-                    os.close(fd)
-                    fd = other
-                    break
-            self._sync_fds[key] = fd
+        if fd is not None:
+            return fd
+        with self._sync_fd_lock:  # (the flusher and the engine thread)
+            fd = self._sync_fds.get(key)
+            if fd is None:
+                fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+                dev = os.fstat(fd).st_dev
+                for other in list(self._sync_fds.values()):  # (one per file system)
+                    if os.fstat(other).st_dev == dev:
+                        os.close(fd)
+                        fd = other
+                        break
+                self._sync_fds[key] = fd
         return fd
 
     def sync_installed(self) -> None:
@@ -550,8 +599,12 @@ class RealDisk:
         except DiskFailure:
             self._poisoned()  # (it flushed every temp's pending writes too)
             raise
-        for d in dirty:
-            _fsync_dir(d)
+        try:
+            for d in dirty:
+                _fsync_dir(d)
+        except OSError as exc:
+            self._poisoned()
+            raise DiskFailure(f"cannot flush the folder to disk: {exc.strerror}") from None
 
     # ---------------------------------------------------------- internals
 
@@ -776,13 +829,16 @@ def _rename_noreplace(src: str, dst: str) -> None:
 
 
 def _fsync_dir(path: str) -> None:
+    """Flush a directory's entries; an I/O error raises ``OSError`` (a
+    directory gone, or one this file system cannot flush, is not one)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        return
+        return  # (gone since: nothing of ours left to flush there)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)

@@ -40,7 +40,7 @@ from syncron_p2p.protocol.messages import (
 MAX_FRAME = 8 * 1024 * 1024
 MAX_BLOCK = 4 * 1024 * 1024  # a block (policy: at most 1 MiB, + 40 sealed): its reply fits a frame
 MAX_STR = 8192
-MAX_ITEMS = 65536
+MAX_ITEMS = 4096  # items of any list (records of a page: senders send 256)
 MAX_FILE_SIZE = 1 << 50
 MAX_INLINE = 1024 * 1024  # one inline content item (the largest block)
 HEADER = 4
@@ -424,7 +424,8 @@ _DECODERS: dict[int, tuple[tuple[int, ...], Callable[[list[Any]], Message]]] = {
 # (a NodeReply of 1,024 nodes without children, a Collected of 4,096 entries
 # with empty vectors, the message itself). Without a budget an 8 MiB frame of
 # empty arrays (one byte each) decoded into ~600 MB before any field was
-# checked; with it, the decode stops at ~530,000 arrays (~40 MB).
+# checked; with it, the decode stops at ~530,000 arrays (~40 MB; arrays
+# opened and never closed, as deep as msgpack nests, add ~32 MB at 4,096 items).
 LIST_BYTES = 16
 LIST_SLACK = 16384
 

@@ -1187,14 +1187,15 @@ class Engine:
                 # again (one owner per temp: the batch's jobs are done).
                 self._notice("error", "", f"{failure}; {len(batch)} file(s) tried again later")
                 for job in batch:
-                    if job.target.type == EntryType.FILE:
-                        self.disk.temp_discard(job.key)
-                for job in batch:
                     self.retry[job.remote.path] = (
                         self._now + 30 * self.timing.retry_delay,
                         job.remote,
                         job.origin_peer,
                     )
+                for job in batch:
+                    if job.target.type == EntryType.FILE:
+                        with contextlib.suppress(DiskFailure):  # (a disk gone read-only)
+                            self.disk.temp_discard(job.key)
                 continue
             # The installed records are stored together, in one write.
             self._deferred = []
