@@ -42,7 +42,7 @@ def keep_copy_of(
 
     Named ``<rel, % as %25 and / as %2F>.<n>`` (no two paths share a name:
     with ``/`` as a bare ``%``, ``a%`` and ``a/25`` did, and the kept edit of
-    one replaced the other's), or a hash of ``rel`` when that name would be
+    one replaced the other's), or ``%H<hash of rel>`` when that name would be
     too long; a new ``n`` each time - or, with ``suffix``, ``<...>.<suffix>``,
     replacing the previous copy of that name (one per path). ``same_as``:
     the (size, mtime_ns, inode) the file must still have, or nothing is kept
@@ -57,7 +57,8 @@ def keep_copy_of(
     if len(os.fsencode(stem)) > KEPT_NAME_MAX:
         ext = os.path.splitext(rel)[1]
         ext = ext if len(os.fsencode(ext)) <= 16 else ""
-        stem = blake3.blake3(os.fsencode(rel)).hexdigest(length=16) + ext
+        # (%H: no escaped path starts so - an escaped one has only %25 and %2F)
+        stem = "%H" + blake3.blake3(os.fsencode(rel)).hexdigest(length=16) + ext
     nofollow = getattr(os, "O_NOFOLLOW", 0)
     # (O_NONBLOCK: a FIFO there must not block the open; refused just below)
     src = os.open(source, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0))

@@ -145,31 +145,90 @@ def test_a_scan_asked_for_a_frozen_ignored_directory_does_not_walk_the_tree(
         assert "node_modules/pkg/index.js" in live(index)  # (frozen, untouched)
 
 
-@pytest.mark.parametrize("how", ["edited", "deleted"])
-def test_files_a_changed_gitignore_lets_through_are_found_by_the_scan_of_its_directory(
+@pytest.mark.parametrize("how", ["edited", "deleted", "ignores itself"])
+def test_a_changed_gitignore_is_reported_by_the_scan_of_its_directory(
     tmp_path: Path, how: str
 ) -> None:
     # A watcher reports only the directory whose .gitignore changed, and its
     # scan looks at that directory's own entries. What the old rules hid may
-    # be anywhere below it, in directories already known: found at once, not
-    # at the next full scan ten minutes later.
+    # be anywhere below it, in directories already known: the scan says the
+    # rules changed (the node then scans everything, in steps), once.
     f = _folder(tmp_path)
     (f / "docs" / "deep").mkdir(parents=True)
     (f / "docs" / ".gitignore").write_text("*.log\n")
     (f / "docs" / "deep" / "build.log").write_text("kept")
-    (f / "docs" / "deep" / "notes.txt").write_text("notes")
-    (f / "other").mkdir()
-    (f / "other" / "x.log").write_text("x")
+    with Index.open(f, NODE) as index:
+        assert Scanner(f, index).scan().rules_changed == []
+        assert "docs/deep/build.log" not in live(index)
+        assert Scanner(f, index).scan(["docs"], recursive=False).rules_changed == []
+        gi = f / "docs" / ".gitignore"
+        if how == "edited":
+            gi.write_text("*.tmp\n")
+        elif how == "deleted":
+            gi.unlink()
+        else:
+            gi.write_text(".gitignore\n")
+        assert Scanner(f, index).scan(["docs"], recursive=False).rules_changed == ["docs"]
+        assert Scanner(f, index).scan().rules_changed == []  # the full pass the node runs
+        assert "docs/deep/build.log" in live(index)
+        assert Scanner(f, index).scan(["docs"], recursive=False).rules_changed == []
+
+
+def test_a_gitignore_the_scan_never_records_is_not_reported_again_and_again(
+    tmp_path: Path,
+) -> None:
+    # Rules are compared with what the last walk read, not with the index's
+    # record of the file: one a parent's rules ignore (or that .secure
+    # protects on a node without the key) has a record that never follows.
+    f = _folder(tmp_path)
+    (f / "docs" / "deep").mkdir(parents=True)
+    (f / "docs" / ".gitignore").write_text("*.log\n")
     with Index.open(f, NODE) as index:
         Scanner(f, index).scan()
-        assert "docs/deep/build.log" not in live(index)
-        if how == "edited":
-            (f / "docs" / ".gitignore").write_text("*.tmp\n")
-        else:
-            (f / "docs" / ".gitignore").unlink()
-        Scanner(f, index).scan(["docs"], recursive=False)
-        assert "docs/deep/build.log" in live(index)
-        # Unchanged rules: a directory's own entries only, as before.
-        (f / "docs" / "deep" / "late.txt").write_text("late")
-        Scanner(f, index).scan(["docs"], recursive=False)
-        assert "docs/deep/late.txt" not in live(index)
+        (f / ".gitignore").write_text("docs/.gitignore\n")
+        Scanner(f, index).scan()
+        (f / "docs" / ".gitignore").unlink()
+        assert Scanner(f, index).scan(["docs"], recursive=False).rules_changed == ["docs"]
+        Scanner(f, index).scan()
+        for _ in range(2):
+            assert Scanner(f, index).scan(["docs"], recursive=False).rules_changed == []
+
+
+def test_a_fifo_or_a_symlink_named_gitignore_is_not_read(tmp_path: Path) -> None:
+    import threading
+
+    f = _folder(tmp_path)
+    (f / "a").mkdir()
+    os.mkfifo(f / "a" / ".gitignore")  # opening it to read would wait for a writer
+    (tmp_path / "rules").write_text("*.txt\n")
+    (f / "b").mkdir()
+    os.symlink(tmp_path / "rules", f / "b" / ".gitignore")  # (git does not follow it)
+    (f / "b" / "x.txt").write_text("x")
+    with Index.open(f, NODE) as index:
+        done = threading.Event()
+
+        def scan() -> None:
+            Scanner(f, index).scan()
+            done.set()
+
+        worker = threading.Thread(target=scan, daemon=True)
+        worker.start()
+        worker.join(20)
+        assert done.is_set(), "the scan hangs on a FIFO named .gitignore"
+        assert "b/x.txt" in live(index)
+
+
+def test_a_step_of_a_full_scan_takes_changed_rules_as_covered(tmp_path: Path) -> None:
+    # A full scan of a big tree goes in steps, some of them a directory's own
+    # entries only (the root's first); the later steps walk what lies below.
+    # Reporting the change from such a step would start another full scan,
+    # which would report it again: forever.
+    f = _folder(tmp_path)
+    (f / "d").mkdir()
+    (f / "d" / "a.log").write_text("a")
+    with Index.open(f, NODE) as index:
+        Scanner(f, index).scan()
+        (f / ".gitignore").write_text("*.tmp\n")
+        step = Scanner(f, index).scan([""], recursive=False, in_full_pass=True)
+        assert step.rules_changed == []
+        assert Scanner(f, index).scan([""], recursive=False).rules_changed == []

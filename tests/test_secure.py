@@ -624,7 +624,9 @@ def test_kept_copies_of_different_paths_never_share_a_name(tmp_path: Path) -> No
     folder = tmp_path / "f"
     (folder / "keys" / "a").mkdir(parents=True)
     state_dir(folder)
-    paths = ["keys/a%", "keys/a/25", "keys/a%2F", "keys%2Fa%25", "keys/a/%"]
+    long = "keys/" + "n" * 200 + ".txt"  # named by a hash of its path: chosen to match it
+    short = blake3.blake3(long.encode()).hexdigest(length=16) + ".txt"
+    paths = ["keys/a%", "keys/a/25", "keys/a%2F", "keys%2Fa%25", "keys/a/%", long, short]
     for rel in paths:
         (folder / rel).write_bytes(f"edit of {rel}".encode())
     for rel in paths:  # the latest edit of each path, one copy per path

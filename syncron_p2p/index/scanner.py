@@ -117,6 +117,7 @@ HELPER_AHEAD = 512  # files sent to the helper and not answered yet (it reads th
 SCAN_CACHE_KIB = 16 * 1024  # SQLite page cache while scanning
 COMMIT_SECONDS = 2.0  # a scan commits its writes this often (a crash loses at most this)
 GITIGNORE = ".gitignore"
+RULES_NS = "scan-rules"  # index kv: directory -> digest of its .gitignore as last walked
 _SUMMARY_DOMAIN = b"syncron-scan-dir-v1\x00"
 S_ISDIR, S_ISREG = stat.S_ISDIR, stat.S_ISREG
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -145,6 +146,10 @@ class ScanResult:
     changed_count: int = 0
     errors: list[ScanError] = field(default_factory=list)
     merkle_root: bytes = b""
+    # Directories whose .gitignore is not what the last walk of them read:
+    # what it hid (or now hides) may be anywhere below, in directories this
+    # scan was not asked to walk - the caller should scan everything.
+    rules_changed: list[str] = field(default_factory=list)
 
 
 Progress = Callable[[int, int], None]  # (entries seen, bytes hashed)
@@ -225,11 +230,16 @@ class Scanner:
         # Directory summaries are packed names and stat numbers; undecodable
         # names (reported, never recorded) must still pack.
         self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
+        self._rules_read: dict[str, bytes] = {}  # (see scan)
 
     # ---------------------------------------------------------------- public
 
     def scan(
-        self, directories: Iterable[str] | None = None, *, recursive: bool = True
+        self,
+        directories: Iterable[str] | None = None,
+        *,
+        recursive: bool = True,
+        in_full_pass: bool = False,
     ) -> ScanResult:
         """Scan the whole folder, or only the given directories.
 
@@ -239,8 +249,16 @@ class Scanner:
         ``recursive=False`` only those directories' own entries are looked
         at (what a watcher event means), plus any directory that is new, in
         full: a save at the top of a big tree must not re-walk the tree.
+        ``in_full_pass``: this scan is one step of a full scan (whose other
+        steps walk what lies below), so changed rules need no other pass.
         """
         result = ScanResult()
+        # .gitignore digests: read by this scan, and as the last walk of each
+        # directory read them (the index's kv, RULES_NS; only directories
+        # that have one).
+        self._rules_read = {}
+        self._in_full_pass = in_full_pass or directories is None
+        self._rules_stored: dict[str, bytes | None] = dict(self.index.kv_items(RULES_NS))
         roots = (
             [("", True)] if directories is None else self._normalise_roots(directories, recursive)
         )
@@ -383,54 +401,46 @@ class Scanner:
         return rules
 
     def _read_gitignore(self, directory: str) -> str | None:
-        path = self.folder / directory / GITIGNORE if directory else self.folder / GITIGNORE
+        """The text of ``directory``'s ``.gitignore``: a regular file, not
+        followed if a symlink (as git), never waited on if a FIFO; None if
+        there is none. Its digest is noted for :meth:`_walk`."""
+        path = os.path.join(self.folder, directory, GITIGNORE)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        text: str | None = None
         try:
-            with open(path, "rb") as fh:
-                return fh.read(1 << 20).decode("utf-8", errors="replace")
+            fd = os.open(path, flags)
         except OSError:
-            return None
+            fd = -1
+        if fd >= 0:
+            try:
+                if S_ISREG(os.fstat(fd).st_mode):
+                    with os.fdopen(os.dup(fd), "rb") as fh:
+                        raw = fh.read(1 << 20)
+                    text = raw.decode("utf-8", errors="replace")
+                    self._rules_read[directory] = blake3.blake3(raw).digest()
+            except OSError:
+                text = None
+            finally:
+                os.close(fd)
+        if text is None:
+            self._rules_read.pop(directory, None)
+        return text
 
     def _walk(self, top: str, top_rules: IgnoreRules, recursive: bool = True) -> None:
         stack: list[tuple[str, IgnoreRules, bool]] = [(top, top_rules, recursive)]
         while stack:
             directory, rules, full = stack.pop()
-            if not full and self._ignore_file_changed(directory, rules):
-                # What the old rules hid may be anywhere below, in directories
-                # already known (their own listings unchanged): walk them all.
-                full = True
+            read = self._rules_read.get(directory)
+            if read != self._rules_stored.get(directory):
+                if full or self._in_full_pass:  # (what they hide below is looked at)
+                    self.index.kv_put(RULES_NS, directory, read)
+                    self._rules_stored[directory] = read
+                else:
+                    self._result.rules_changed.append(directory)
             subdirs = self._scan_dir(directory, rules)
             for sub in reversed(subdirs):
                 if full or sub in self._new_dirs:
                     stack.append((sub, rules.child(sub, self._read_gitignore(sub)), True))
-
-    def _ignore_file_changed(self, directory: str, rules: IgnoreRules) -> bool:
-        """Is ``directory``'s ``.gitignore`` not what the index recorded
-        (made, edited or deleted since)? Asked before its directory is
-        compared, which records the change. (A ``.gitignore`` that its own
-        rules ignore has no record to tell: left to the full scans.)"""
-        rel = f"{directory}/{GITIGNORE}" if directory else GITIGNORE
-        try:
-            st: os.stat_result | None = os.lstat(os.path.join(self.folder, rel))
-        except OSError:
-            st = None
-        if st is not None and not S_ISREG(st.st_mode):
-            st = None  # (only a regular file is read for rules)
-        if st is not None and rules.is_ignored(rel, False):
-            return False
-        old = self.index.get(rel)
-        if old is None or old.deleted or old.type != EntryType.FILE:
-            return st is not None
-        fp = old.fingerprint
-        return (
-            st is None
-            or fp is None
-            or (fp.size, fp.mtime_ns, fp.inode)
-            != (
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ino,
-            )
-        )
 
     def _scan_dir(self, directory: str, rules: IgnoreRules) -> list[str]:
         abs_dir = os.path.join(self.folder, directory) if directory else str(self.folder)

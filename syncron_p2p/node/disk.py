@@ -442,8 +442,9 @@ class RealDisk:
     # -------------------------------------------------------- durability
 
     def keep_copy(self, path: str, expect: Observation | None) -> tuple[str, Observation | None]:
-        """Copy the file into ``.syncron/damaged/`` (``<path, / as %>.<n>``, or
-        a hash of the path when that name would be too long).
+        """Copy the file into ``.syncron/damaged/`` (``<path, % as %25, / as
+        %2F>.<n>``, or ``%H<hash of the path>`` when that name would be too
+        long: ``folder.keep_copy_of``).
 
         A copy, not a hard link: reading leaves the file's fingerprint as it
         is (a link changes its ctime, and a repair that then failed would

@@ -175,7 +175,6 @@ class Node:
         self.last_scan: float | None = None
         self._hot: dict[str, float] = {}
         self._dirty: set[str] = set()
-        self._dirty_deep: set[str] = set()  # directories to rescan in full
         self._dirty_all = False
         self._dirty_event = trio.Event()
         self._rebrowse = trio.Event()
@@ -395,10 +394,12 @@ class Node:
         elif kind == "applied" and path:
             self._log_applied(what)
             head, _, name = path.rpartition("/")
-            if name == GITIGNORE:
-                # New rules from a peer: what they no longer ignore here (our
-                # own files, never synced while ignored) may be anywhere below.
-                self._mark_dirty([head], deep=True)
+            if name == GITIGNORE and not self._bulk:
+                # Rules from a peer: the scan of their directory tells if they
+                # changed (rules_changed), and then what they no longer hide
+                # here (our own files, never synced while ignored) is looked
+                # for everywhere. (A bulk transfer ends with a full scan.)
+                self._mark_dirty([head])
         else:
             log.debug("%s: %s", kind, what)
 
@@ -418,13 +419,9 @@ class Node:
 
     # ================================================================= scans
 
-    def _mark_dirty(self, directories: list[str] | None, *, deep: bool = False) -> None:
-        """Rescan these directories' own entries (``deep``: everything below
-        them too), or everything (None)."""
+    def _mark_dirty(self, directories: list[str] | None) -> None:
         if directories is None:
             self._dirty_all = True
-        elif deep:
-            self._dirty_deep.update(directories)
         else:
             self._dirty.update(directories)
         self._dirty_event.set()
@@ -435,9 +432,12 @@ class Node:
         now: float,
         scanner: Scanner,
         recursive: bool = False,
+        step: bool = False,
     ) -> tuple[ScanResult, list[tuple[Effect, bytes | None]], list[str] | None, int | None]:
         # targeted rescans (watcher events, Rescan effects) are per directory
-        result = scanner.scan(directories, recursive=directories is None or recursive)
+        result = scanner.scan(
+            directories, recursive=directories is None or recursive, in_full_pass=step
+        )
         if result.changed:
             self.real_disk.forget_own(rec.path for rec in result.changed)
         effects = self._handle(LocalChanges(tuple(result.changed)), now) if result.changed else []
@@ -453,12 +453,13 @@ class Node:
         *,
         initial: bool = False,
         recursive: bool = False,
+        step: bool = False,
     ) -> int:
         """Scan (all, or some directories), push the changes; number of changes.
 
         ``recursive``: the given directories in full (default: their own
         entries, as for watcher events). A full scan of a big tree after the
-        initial one goes in steps (:meth:`_scan_in_steps`).
+        initial one goes in steps (:meth:`_scan_in_steps`; ``step``: this is one).
         """
         if directories is None and not initial and len(self.index.merkle) > 2 * SCAN_STEP:
             return await self._scan_in_steps()
@@ -473,7 +474,7 @@ class Node:
             now = trio.current_time()
             try:
                 result, effects, dirs, conflicts = await trio.to_thread.run_sync(
-                    self._scan_sync, directories, now, scanner, recursive
+                    self._scan_sync, directories, now, scanner, recursive, step
                 )
             finally:
                 stop()
@@ -491,6 +492,13 @@ class Node:
             self._hot = dict(keep)
         if result.changed:
             log.info("%d local change(s) found", len(result.changed))
+        if result.rules_changed:
+            # A .gitignore changed: what it hid (or now hides) may be anywhere
+            # below it - a full scan (in steps, not under the lock at once).
+            log.info(
+                "ignore rules changed in %s: scanning everything", result.rules_changed[0] or "."
+            )
+            self._mark_dirty(None)
         if conflicts is not None:
             self.conflicts = conflicts
         if dirs is not None and self.watcher is not None and self.watcher.active:
@@ -524,7 +532,7 @@ class Node:
             if directories != [""]:
                 directories = still_directories(self.folder, directories)
             if directories:
-                changed += await self.scan(directories, recursive=recursive)
+                changed += await self.scan(directories, recursive=recursive, step=True)
         async with self.lock:
             dirs, self.conflicts = await trio.to_thread.run_sync(
                 lambda: (self.index.live_directories(), count_conflicts(self.index))
@@ -541,15 +549,9 @@ class Node:
         while True:
             await self._dirty_event.wait()
             self._dirty_event = trio.Event()
-            full, dirs, deep = self._dirty_all, sorted(self._dirty), sorted(self._dirty_deep)
-            self._dirty_all, self._dirty, self._dirty_deep = False, set(), set()
-            if full:
-                await self.scan(None)
-                continue
-            if deep:
-                await self.scan(deep, recursive=True)
-            if dirs:
-                await self.scan(dirs)
+            full, dirs = self._dirty_all, sorted(self._dirty)
+            self._dirty_all, self._dirty = False, set()
+            await self.scan(None if full else dirs)
 
     def _scan_interval(self) -> float:
         if self.config.scan_interval is not None:

@@ -1547,9 +1547,9 @@ class Engine:
         know it and the install, expecting nothing there, failed at every
         retry, for ever (found by review). Once a rescan has confirmed it
         (PATIENCE attempts), the file is kept where its owner finds it
-        (``Disk.keep_copy``: the node's state directory, never synced; one
-        copy per path, ``<path>.unsynced``, as for the keyless edits the
-        scanner keeps) and the mesh's version is installed over it. A file
+        (``Disk.keep_copy``: the node's state directory, never synced;
+        numbered copies, ``<path>.<n>``, never one over another) and the
+        mesh's version is installed over it. A file
         that already is the mesh's version (an index lost or restored) is
         recorded as it is. Nodes with the key are left alone: their scans
         record such a file, and the conflict rule keeps it. The same for such a
