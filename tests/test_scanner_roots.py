@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from syncron_p2p.index.db import Index
-from syncron_p2p.index.scanner import Scanner, full_scan_steps, still_directories
+from syncron_p2p.index.scanner import RULES_NS, Scanner, full_scan_steps, still_directories
 
 NODE = "TESTNODE"
 
@@ -232,3 +232,16 @@ def test_a_step_of_a_full_scan_takes_changed_rules_as_covered(tmp_path: Path) ->
         step = Scanner(f, index).scan([""], recursive=False, in_full_pass=True)
         assert step.rules_changed == []
         assert Scanner(f, index).scan([""], recursive=False).rules_changed == []
+
+
+def test_the_rules_of_directories_gone_are_forgotten_by_a_full_scan(tmp_path: Path) -> None:
+    f = _folder(tmp_path)
+    for d in ("a", "b"):
+        (f / d).mkdir()
+        (f / d / ".gitignore").write_text("*.log\n")
+    with Index.open(f, NODE) as index:
+        Scanner(f, index).scan()
+        assert [k for k, _ in index.kv_items(RULES_NS)] == ["a", "b"]
+        shutil.rmtree(f / "b")
+        Scanner(f, index).scan()
+        assert [k for k, _ in index.kv_items(RULES_NS)] == ["a"]

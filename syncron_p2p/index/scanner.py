@@ -258,6 +258,7 @@ class Scanner:
         # that have one).
         self._rules_read = {}
         self._in_full_pass = in_full_pass or directories is None
+        self._rules_walked: set[str] = set()
         self._rules_stored: dict[str, bytes | None] = dict(self.index.kv_items(RULES_NS))
         roots = (
             [("", True)] if directories is None else self._normalise_roots(directories, recursive)
@@ -291,6 +292,9 @@ class Scanner:
                 self._begin()
                 for root, deep in roots:
                     self._walk(root, self._rules_for(root), deep)
+                if directories is None:  # (every directory walked: drop the others' digests)
+                    for gone in set(self._rules_stored) - self._rules_walked:
+                        self.index.kv_put(RULES_NS, gone, None)
                 self._drain(0)
                 self._helper_done()
                 self._collect(0)
@@ -430,6 +434,7 @@ class Scanner:
         stack: list[tuple[str, IgnoreRules, bool]] = [(top, top_rules, recursive)]
         while stack:
             directory, rules, full = stack.pop()
+            self._rules_walked.add(directory)
             read = self._rules_read.get(directory)
             if read != self._rules_stored.get(directory):
                 if full or self._in_full_pass:  # (what they hide below is looked at)
