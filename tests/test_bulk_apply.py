@@ -808,8 +808,9 @@ def test_a_local_edit_made_while_a_batch_flushes_survives_its_install() -> None:
     assert net.files(1) == net.files(0)
 
 
-def test_a_flush_failing_beside_the_engine_installs_nothing_and_is_retried() -> None:
-    net = MeshNet(2, seed=23)
+def _batch_flushing(seed: int = 23) -> tuple[MeshNet, Any, list[Any]]:
+    """Two nodes; the receiver's first install batch waits for its flush (held)."""
+    net = MeshNet(2, seed=seed)
     _fill(net, 40)
     receiver = net.node(1)
     receiver.disk.flushes.held = True
@@ -817,13 +818,22 @@ def test_a_flush_failing_beside_the_engine_installs_nothing_and_is_retried() -> 
     while not receiver.engine.flushing():
         assert net.step()
     _, batch = receiver.engine._flushing[0]
+    return net, receiver, list(batch)
+
+
+def _io_error(*args: object) -> None:
+    raise OSError(5, "Input/output error")
+
+
+def _failing_flush(keys: object) -> None:
+    raise DiskFailure("cannot flush fetched files to disk: Input/output error")
+
+
+def test_a_flush_failing_beside_the_engine_installs_nothing_and_is_retried() -> None:
+    net, receiver, batch = _batch_flushing()
     paths = [job.target.path for job in batch]
     real = receiver.disk.sync_temps
-
-    def failing(keys: object) -> None:
-        raise DiskFailure("cannot flush fetched files to disk: Input/output error")
-
-    receiver.disk.sync_temps = failing  # type: ignore[method-assign]
+    receiver.disk.sync_temps = _failing_flush  # type: ignore[method-assign]
     net.finish_flushes(receiver.name)
     for path in paths:
         assert path not in receiver.disk.entries
@@ -843,22 +853,11 @@ def test_the_temps_of_a_batch_whose_flush_failed_are_written_again_not_trusted()
     # writes nothing (the kernel reports a writeback error once). Trusting
     # such a temp on the retry would install a file whose data is not on
     # disk. Its temps are discarded and their content fetched again.
-    net = MeshNet(2, seed=23)
-    _fill(net, 40)
-    receiver = net.node(1)
-    receiver.disk.flushes.held = True
-    net.connect_all()
-    while not receiver.engine.flushing():
-        assert net.step()
-    _, batch = receiver.engine._flushing[0]
+    net, receiver, batch = _batch_flushing()
     keys = {job.key for job in batch if job.target.type == EntryType.FILE}
     assert keys and keys <= set(receiver.disk.temps)
     real = receiver.disk.sync_temps
-
-    def failing(keys: object) -> None:
-        raise DiskFailure("cannot flush fetched files to disk: Input/output error")
-
-    receiver.disk.sync_temps = failing  # type: ignore[method-assign]
+    receiver.disk.sync_temps = _failing_flush  # type: ignore[method-assign]
     net.finish_flushes(receiver.name)
     assert not keys & set(receiver.disk.temps)  # not trusted: gone
     receiver.disk.sync_temps = real  # type: ignore[method-assign]
@@ -1055,10 +1054,7 @@ def test_real_disk_removes_a_temp_whose_own_flush_failed(
     key = blake3.blake3(b"x").hexdigest()
     disk.temp_write(key, 0, b"abc")
 
-    def broken(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(os, "fsync", broken)
+    monkeypatch.setattr(os, "fsync", _io_error)
     with pytest.raises(DiskFailure, match="Input/output error"):
         disk.install_file("x.txt", key, 3, 0o644, None)
     assert not (tmp_path / "x.txt").exists()
@@ -1105,10 +1101,7 @@ def test_real_disk_trusts_no_temp_of_an_earlier_run_after_a_failed_flush(
     first.close()
     disk = RealDisk(tmp_path)
 
-    def broken(where: object) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(disk_module, "_syncfs", broken)
+    monkeypatch.setattr(disk_module, "_syncfs", _io_error)
     monkeypatch.setattr(disk_module, "_SYNCFS", object())
     disk.temp_write(new, 0, b"new")
     with pytest.raises(DiskFailure, match="Input/output error"):
@@ -1130,12 +1123,9 @@ def test_a_run_after_a_failed_flush_trusts_no_temp_it_finds(
     disk = RealDisk(tmp_path)
     disk.temp_write(key, 0, b"data")
 
-    def broken(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
     other = blake3.blake3(b"other").hexdigest()
     disk.temp_write(other, 0, b"other")
-    monkeypatch.setattr(os, "fsync", broken)
+    monkeypatch.setattr(os, "fsync", _io_error)
     with pytest.raises(DiskFailure):
         disk.install_file("other.txt", other, 5, 0o644, None)
     monkeypatch.undo()
@@ -1159,7 +1149,7 @@ def test_real_disk_a_temps_own_failed_flush_distrusts_the_others(
     disk.temp_write(a, 0, b"a")
     disk.temp_write(b, 0, b"b")
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    monkeypatch.setattr(os, "fsync", _io_error)
     with pytest.raises(DiskFailure):
         disk.install_file("a.txt", a, 1, 0o644, None)
     monkeypatch.setattr(os, "fsync", real)
@@ -1177,29 +1167,20 @@ def test_real_disk_reports_a_directory_it_cannot_flush(
     disk.sync_temps([key])
     (tmp_path / "one").mkdir()
     disk.install_file("one/q.txt", key, 1, 0o644, None)  # one directory changed
-    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    monkeypatch.setattr(os, "fsync", _io_error)
     with pytest.raises(DiskFailure, match="cannot flush the folder"):
         disk.sync_installed()
     disk.close()
 
 
 def test_a_disk_gone_read_only_after_a_failed_flush_does_not_stop_the_engine() -> None:
-    net = MeshNet(2, seed=23)
-    _fill(net, 40)
-    receiver = net.node(1)
-    receiver.disk.flushes.held = True
-    net.connect_all()
-    while not receiver.engine.flushing():
-        assert net.step()
+    net, receiver, _ = _batch_flushing()
     real_sync, real_discard = receiver.disk.sync_temps, receiver.disk.temp_discard
-
-    def failing(keys: object) -> None:
-        raise DiskFailure("cannot flush fetched files to disk: Input/output error")
 
     def read_only(key: str) -> None:
         raise DiskFailure("cannot remove temp file: Read-only file system")
 
-    receiver.disk.sync_temps = failing  # type: ignore[method-assign]
+    receiver.disk.sync_temps = _failing_flush  # type: ignore[method-assign]
     receiver.disk.temp_discard = read_only  # type: ignore[method-assign]
     net.finish_flushes(receiver.name)  # (nothing escapes the engine)
     receiver.disk.sync_temps = real_sync  # type: ignore[method-assign]
