@@ -1189,3 +1189,22 @@ def test_a_disk_gone_read_only_after_a_failed_flush_does_not_stop_the_engine() -
     net.run()
     assert net.converged()
     assert net.files(1) == net.files(0)
+
+
+def test_real_disk_resumes_a_temp_of_an_earlier_run_when_no_flush_failed(
+    tmp_path: Path,
+) -> None:
+    # An interrupted transfer resumes from what is there, after a restart too.
+    data = b"first half|second half"
+    key = blake3.blake3(data).hexdigest()
+    first = RealDisk(tmp_path)
+    first.temp_write(key, 0, data[:11])
+    first.close()
+    disk = RealDisk(tmp_path)
+    disk.temp_write(key, 11, data[11:])
+    ticket = disk.begin_sync_temps([key, key])
+    disk.wait_flushes()
+    assert disk.temps_synced(ticket)
+    disk.install_file("f.txt", key, len(data), 0o644, None)
+    assert (tmp_path / "f.txt").read_bytes() == data
+    disk.close()

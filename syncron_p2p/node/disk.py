@@ -94,7 +94,7 @@ class RealDisk:
         # on disk (POISONED): the next run, which cannot know what this one
         # saw (the kernel tells once), trusts no temp left then.
         self._first_write: dict[str, int] = {}
-        self._poison = 0
+        self._poison: int | None = None  # (None: no flush failed)
         self._poison_lock = threading.Lock()
         self._adopt_temps()
         # One descriptor for every syncfs of the folder's file system, opened
@@ -363,14 +363,14 @@ class RealDisk:
 
     def _suspect(self, key: str) -> bool:
         """Was temp ``key`` written before a flush failed (``_poison``)?"""
-        first = self._first_write.get(key)
-        return first is not None and first <= self._poison
+        first, poison = self._first_write.get(key), self._poison
+        return first is not None and poison is not None and first <= poison
 
     def _poisoned(self) -> None:
         """A flush failed: no temp written so far is trusted (``_poison``),
         now or by the next run (``POISONED``, best effort)."""
         with self._poison_lock:  # (both threads: never lower it)
-            self._poison = max(self._poison, self._writes)
+            self._poison = max(self._poison or 0, self._writes)
         with contextlib.suppress(OSError):
             os.close(os.open(self.tmp / POISONED, os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW, 0o600))
 
