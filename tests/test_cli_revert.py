@@ -30,3 +30,24 @@ def test_revert_sets_local_edits_aside_and_refuses_other_roles(tmp_path: Path) -
     refused = cli("revert", laptop)
     assert refused.returncode == 2
     assert "receive-only" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_revert_never_runs_beside_a_node_that_did_not_answer(tmp_path: Path) -> None:
+    # A node busy past the control query's time looks like no node at all;
+    # reverting offline beside it would run a second engine on its folder.
+    from syncron_p2p.node.options import FolderLock
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    assert cli("init", backup, "--role", "receive-only").returncode == 0
+    (backup / "notes.txt").write_text("edited on the backup")
+    assert cli("scan", backup).returncode == 0
+    held = FolderLock(backup)
+    held.acquire()  # (what a running node holds)
+    try:
+        refused = cli("revert", backup)
+    finally:
+        held.release()
+    assert refused.returncode == 2, refused.stderr
+    assert "did not answer" in refused.stderr and "Traceback" not in refused.stderr
+    assert (backup / "notes.txt").read_text() == "edited on the backup"

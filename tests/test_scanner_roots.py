@@ -245,3 +245,22 @@ def test_the_rules_of_directories_gone_are_forgotten_by_a_full_scan(tmp_path: Pa
         shutil.rmtree(f / "b")
         Scanner(f, index).scan()
         assert [k for k, _ in index.kv_items(RULES_NS)] == ["a"]
+
+
+def test_a_scan_asked_for_a_directory_whose_name_a_walk_refuses_records_nothing_in_it(
+    tmp_path: Path,
+) -> None:
+    # A full walk skips (and reports) a name it cannot sync; a watcher batch
+    # for that directory must not record what is inside either.
+    f = _folder(tmp_path)
+    bad = f / "a\\b"
+    bad.mkdir()
+    (bad / "x.txt").write_text("x")
+    (bad / ".gitignore").write_text("*.log\n")
+    with Index.open(f, NODE) as index:
+        Scanner(f, index).scan()
+        assert live(index) == set()
+        for _ in range(2):
+            result = Scanner(f, index).scan(["a\\b"], recursive=False)
+            assert result.rules_changed == []
+            assert live(index) == set()

@@ -438,13 +438,21 @@ def revert_offline(root: Path) -> list[str]:
     from syncron_p2p.sync.engine import Engine
 
     mesh = Mesh.load(root)
-    disk = RealDisk(root)
+    lock = FolderLock(root)  # (never beside a running node: a node busy past the query's time)
     try:
-        with Index.open(root, mesh.node_id) as index:
-            engine = Engine(index, disk, mesh.node_id, role=Role(mesh.role))
-            reverted, _ = engine.revert_local(0.0)
+        lock.acquire()
+    except UsageError as exc:
+        raise UsageError(f"{exc}, and did not answer in time: try again") from None
+    try:
+        disk = RealDisk(root)
+        try:
+            with Index.open(root, mesh.node_id) as index:
+                engine = Engine(index, disk, mesh.node_id, role=Role(mesh.role))
+                reverted, _ = engine.revert_local(0.0)
+        finally:
+            disk.close()
     finally:
-        disk.close()
+        lock.release()
     return reverted
 
 

@@ -292,9 +292,10 @@ class Scanner:
                 self._begin()
                 for root, deep in roots:
                     self._walk(root, self._rules_for(root), deep)
-                if directories is None:  # (every directory walked: drop the others' digests)
+                if directories is None:  # (directories gone: drop their digests)
                     for gone in set(self._rules_stored) - self._rules_walked:
-                        self.index.kv_put(RULES_NS, gone, None)
+                        if not os.path.isdir(os.path.join(self.folder, gone)):
+                            self.index.kv_put(RULES_NS, gone, None)
                 self._drain(0)
                 self._helper_done()
                 self._collect(0)
@@ -357,13 +358,17 @@ class Scanner:
         """The deepest directory of ``directory``'s path that a full walk
         from the root would enter: each component a real directory (a
         symlink is never followed, not even as a root asked for by a watcher
-        or the engine) and none of them ignored (a watcher sees events in
-        ``.git/`` or ``build/`` too). ``""`` (the root) at worst."""
+        or the engine), none of them ignored (a watcher sees events in
+        ``.git/`` or ``build/`` too) and every name one a walk accepts
+        (``name_problem``: a watcher batch for ``a\\b/`` recorded what is
+        inside, which a full walk refuses). ``""`` (the root) at worst."""
         if not directory:
             return ""
         rules = self._root_rules()
         walkable = ""
-        for part in directory.split("/"):
+        for depth, part in enumerate(directory.split("/")):
+            if name_problem(part, depth) is not None:
+                break
             sub = f"{walkable}/{part}" if walkable else part
             try:
                 if not stat.S_ISDIR(os.lstat(self.folder / sub).st_mode):
@@ -409,7 +414,7 @@ class Scanner:
         followed if a symlink (as git), never waited on if a FIFO; None if
         there is none. Its digest is noted for :meth:`_walk`."""
         path = os.path.join(self.folder, directory, GITIGNORE)
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        flags = _OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0)
         text: str | None = None
         try:
             fd = os.open(path, flags)
