@@ -9,12 +9,18 @@ from nodeproc import cli
 from syncron_p2p.sync.conflicts import CONFLICT_MARK
 
 
-def test_revert_sets_local_edits_aside_and_refuses_other_roles(tmp_path: Path) -> None:
+def _backup_with_an_edit(tmp_path: Path) -> Path:
+    """A receive-only folder with one local edit, scanned (no node running)."""
     backup = tmp_path / "backup"
     backup.mkdir()
     assert cli("init", backup, "--role", "receive-only").returncode == 0
     (backup / "notes.txt").write_text("edited on the backup")
     assert cli("scan", backup).returncode == 0
+    return backup
+
+
+def test_revert_sets_local_edits_aside_and_refuses_other_roles(tmp_path: Path) -> None:
+    backup = _backup_with_an_edit(tmp_path)
     out = cli("revert", backup)
     assert out.returncode == 0, out.stderr
     assert "reverted notes.txt" in out.stdout
@@ -37,11 +43,7 @@ def test_revert_never_runs_beside_a_node_that_did_not_answer(tmp_path: Path) -> 
     # reverting offline beside it would run a second engine on its folder.
     from syncron_p2p.node.options import FolderLock
 
-    backup = tmp_path / "backup"
-    backup.mkdir()
-    assert cli("init", backup, "--role", "receive-only").returncode == 0
-    (backup / "notes.txt").write_text("edited on the backup")
-    assert cli("scan", backup).returncode == 0
+    backup = _backup_with_an_edit(tmp_path)
     held = FolderLock(backup)
     held.acquire()  # (what a running node holds)
     try:
